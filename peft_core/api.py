@@ -1,0 +1,85 @@
+"""The public surface: ``apply``, ``count_inserted``, ``merge``, ``methods``, ``set_merge_factor``."""
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .layers import InsertedModule, Wrapper
+from .registry import MethodConfig, check_vit, get_method, method_names
+
+_CONFIG_ATTR = "peft_config"
+
+
+def apply(model: nn.Module, name: str, **hp: Any) -> VisionTransformer:
+    """Attach method ``name`` with hyper-parameters ``hp`` to a stock timm ViT, in place.
+
+    Everything is frozen, the method attaches, then exactly its parameters (and the head) train.
+    Returns the same model. Unknown names or out-of-range values raise a one-line ValueError.
+    """
+    model = check_vit(model)
+    if getattr(model, _CONFIG_ATTR, None) is not None:
+        raise ValueError(f"model already has method '{model.peft_config.name}' attached; "
+                         f"build a fresh model to apply '{name}'")
+    config = get_method(name).from_hp(**hp)
+    model.requires_grad_(False)
+    config.attach(model)
+    for module in model.modules():
+        if isinstance(module, InsertedModule):
+            module.requires_grad_(True)
+    if config.trains_head:
+        model.get_classifier().requires_grad_(True)
+    object.__setattr__(model, _CONFIG_ATTR, config)
+    return model
+
+
+def config_of(model: nn.Module) -> MethodConfig | None:
+    """The config of the method attached to ``model`` (None for a plain model)."""
+    return getattr(model, _CONFIG_ATTR, None)
+
+
+def count_inserted(model: nn.Module) -> int:
+    """Trainable parameters whose name does not contain ``head`` (the study's count)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "head" not in n)
+
+
+def set_merge_factor(model: nn.Module, factor: float) -> None:
+    """Scale the output of every inserted module by ``factor`` (WiSE for PEFT)."""
+    for module in model.modules():
+        if isinstance(module, InsertedModule):
+            module.merge_factor = float(factor)
+
+
+def merge(model: nn.Module) -> VisionTransformer:
+    """Fold the attached method into the frozen weights; returns a plain timm ViT.
+
+    The result has no inserted modules, no hooks, and nothing trainable outside the head; its
+    outputs equal the unmerged model's (eval mode). Methods that are not linear in their input
+    raise a ValueError saying why.
+    """
+    model = check_vit(model)
+    config = config_of(model)
+    if config is None:
+        raise ValueError("model has no PEFT method attached; nothing to merge")
+    if config.cannot_merge is not None:
+        raise ValueError(f"method '{config.name}' cannot be merged: {config.cannot_merge}")
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Wrapper):
+                setattr(parent, child_name, child.fold())
+    for child_name, child in list(model.named_children()):
+        if isinstance(child, InsertedModule):  # shared factors (FacT), folded above
+            delattr(model, child_name)
+    leftover = [n for n, m in model.named_modules() if isinstance(m, InsertedModule)]
+    if leftover:
+        raise ValueError(f"method '{config.name}' left inserted modules after merge: {leftover[:3]}")
+    model.requires_grad_(False)
+    model.get_classifier().requires_grad_(True)
+    object.__delattr__(model, _CONFIG_ATTR)
+    return model
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """Every registered method: what it trains, its hyper-parameters with defaults, its grid."""
+    return {name: get_method(name).describe() for name in method_names()}

@@ -1,0 +1,116 @@
+"""The study's three backbones, built by name, plus tiny look-alikes for tests.
+
+Each name maps to a stock timm architecture (never a fork) and its keyword arguments. Weights
+come from a local file only (npz / pth / safetensors) through timm's own loader, so nothing is
+downloaded at run time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import timm.models.vision_transformer as vit_module
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from timm.models.vision_transformer import VisionTransformer
+
+_CHECKPOINT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    timm_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    description: str = ""
+
+    @property
+    def img_size(self) -> int:
+        return self.kwargs.get("img_size", 224)
+
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_TINY = dict(embed_dim=48, depth=2, num_heads=3)
+
+BACKBONES: dict[str, Backbone] = {
+    "vit_b16_in21k": Backbone("vit_base_patch16_224.augreg_in21k", mean=(0.5,) * 3, std=(0.5,) * 3,
+                              description="ViT-B/16 pretrained on ImageNet-21K"),
+    "dinov2_vitb14": Backbone("vit_base_patch14_dinov2.lvd142m", dict(img_size=224),
+                              description="DINOv2 ViT-B/14 (LayerScale)"),
+    "clip_vitb16": Backbone("vit_base_patch16_clip_quickgelu_224.openai", mean=_CLIP_MEAN,
+                            std=_CLIP_STD, description="CLIP ViT-B/16 image tower (QuickGELU)"),
+    # Same structure, tiny width/depth/image: for tests on a CPU.
+    "tiny_vit_b16_in21k": Backbone("vit_base_patch16_224", dict(img_size=32, patch_size=8, **_TINY),
+                                   mean=(0.5,) * 3, std=(0.5,) * 3, description="tiny ViT (test)"),
+    # LayerScale at 1.0, not DINOv2's 1e-5: at 1e-5 a random-init model maps every image to
+    # the same output, which would hide a method that changes nothing.
+    "tiny_dinov2": Backbone("vit_base_patch14_dinov2",
+                            dict(img_size=28, patch_size=7, init_values=1.0, **_TINY),
+                            description="tiny DINOv2-style ViT with LayerScale (test)"),
+    "tiny_clip": Backbone("vit_base_patch16_clip_quickgelu_224", dict(img_size=32, patch_size=8, **_TINY),
+                          mean=_CLIP_MEAN, std=_CLIP_STD, description="tiny CLIP-style tower (test)"),
+}
+
+
+def backbone_names() -> list[str]:
+    return list(BACKBONES)
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone '{name}'; allowed: {', '.join(BACKBONES)}") from None
+
+
+def build_backbone(name: str, num_classes: int, checkpoint: str | Path | None = None,
+                   **overrides: Any) -> VisionTransformer:
+    """A stock timm ViT for backbone ``name`` with a fresh ``num_classes`` head.
+
+    ``checkpoint``: a local weights file (npz / pth / safetensors) loaded strictly: every
+    backbone tensor must be present and fit; only a head of another class count is dropped.
+    Without it the weights are random.
+    """
+    spec = get_backbone(name)
+    kwargs = {**spec.kwargs, **overrides, "num_classes": num_classes}
+    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, Path(checkpoint), name)
+    return model
+
+
+def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> None:
+    """Load a local weights file into ``model`` through timm's own key conversion."""
+    if not path.is_file():
+        raise ValueError(f"checkpoint file not found: {path}")
+    if path.suffix not in _CHECKPOINT_SUFFIXES:
+        raise ValueError(f"checkpoint {path}: unsupported format '{path.suffix}'; "
+                         f"allowed: {', '.join(_CHECKPOINT_SUFFIXES)}")
+    try:
+        if path.suffix == ".npz":  # big_vision / original ViT release: timm reads it itself
+            vit_module._load_weights(model, str(path))
+            return
+        if path.suffix == ".safetensors":
+            state = load_safetensors(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model"):
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+        state = vit_module.checkpoint_filter_fn(state, model)
+        own = model.state_dict()
+        for key in [k for k in state if k.startswith("head.")]:
+            if key not in own or state[key].shape != own[key].shape:
+                del state[key]  # a head for other classes: the model keeps its fresh one
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("head.")]
+        if missing or unexpected:
+            raise KeyError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"checkpoint {path} does not fit backbone '{name}': {first}") from None

@@ -1,0 +1,93 @@
+"""Bottleneck adapters: AdaptFormer (parallel), Pfeiffer and Houlsby (sequential), VPT's adapter."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from ..layers import Bottleneck, PreNormParallel, SequentialAdapter
+from ..registry import MethodConfig, hp, register_method
+
+_SCALERS = [0.01, 0.1, 1.0, 10.0]
+_RANKS = [4, 8, 16, 32]
+
+
+@dataclass
+class _Adapter(MethodConfig):
+    """Shared fields and wiring; subclasses choose init and placement."""
+
+    init: ClassVar[str] = "random"
+    after_attention: ClassVar[bool] = False  # Houlsby: one adapter after each branch
+    aliases = {"rank": "adapter_bottleneck", "scale": "adapter_scaler"}
+    adapter_bottleneck: int = hp(8, "bottleneck width r", grid=_RANKS, low=1)
+    adapter_scaler: float = hp(0.1, "output scale s", grid=_SCALERS, low=0.0)
+    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
+
+    def _bottleneck(self, dim: int) -> Bottleneck:
+        module = Bottleneck(dim, self.adapter_bottleneck, self.adapter_scaler, self.init)
+        module.merge_factor = self.merge_factor
+        return module
+
+    def attach(self, model) -> None:
+        for block in model.blocks:
+            block.mlp = SequentialAdapter(block.mlp, self._bottleneck(model.embed_dim))
+            if self.after_attention:
+                block.attn = SequentialAdapter(block.attn, self._bottleneck(model.embed_dim))
+
+
+_RELU = "ReLU adapters are not linear in their input"
+
+
+@register_method
+@dataclass
+class AdaptFormer(_Adapter):
+    name = "adaptformer"
+    trains = "a bottleneck parallel to each MLP, fed the block input before norm2"
+    init = "lora_kaiming"
+    identity_at_init = True
+    cannot_merge = _RELU
+    adapter_bottleneck: int = hp(8, "bottleneck width r", grid=[4, 16, 32], low=1)
+    adapter_scaler: float = hp(0.1, "output scale s", grid=[0.05, 0.1, 0.2], low=0.0)
+
+    def attach(self, model) -> None:
+        for block in model.blocks:
+            block.mlp = PreNormParallel(block.norm2, block.mlp, self._bottleneck(model.embed_dim))
+            block.norm2 = nn.Identity()
+
+
+@register_method
+@dataclass
+class LoraPAdapter(_Adapter):
+    name = "lora_p_adapter"
+    trains = "a Pfeiffer adapter after each MLP (xavier down, zero up)"
+    init = "lora_xavier"
+    identity_at_init = True
+    cannot_merge = _RELU
+    adapter_bottleneck: int = hp(8, "bottleneck width r", grid=[4, 8, 16, 32, 64], low=1)
+
+
+@register_method
+@dataclass
+class RandPAdapter(_Adapter):
+    name = "rand_p_adapter"
+    trains = "a Pfeiffer adapter after each MLP (random init)"
+    cannot_merge = _RELU
+
+
+@register_method
+@dataclass
+class RandHAdapter(_Adapter):
+    name = "rand_h_adapter"
+    trains = "Houlsby adapters after each attention and each MLP branch (random init)"
+    after_attention = True
+    cannot_merge = _RELU
+
+
+@register_method
+@dataclass
+class ZeroAdapter(_Adapter):
+    name = "zero_adapter"
+    trains = "the VPT paper's adapter after each MLP (down weight and up bias start at zero)"
+    init = "zero"
+    cannot_merge = _RELU

@@ -1,0 +1,44 @@
+"""LoRA on the fused qkv projection of every block (q, k and v all adapted)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..layers import InsertedModule, ParallelBranch
+from ..registry import MethodConfig, hp, register_method
+
+
+class LowRankDelta(InsertedModule):
+    """``B(A(dropout(x)))``: A kaiming-uniform, B zeros, no biases."""
+
+    def __init__(self, n_in: int, n_out: int, rank: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.lora_A = nn.Linear(n_in, rank, bias=False)
+        self.lora_B = nn.Linear(rank, n_out, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(self.dropout(x))) * self.merge_factor
+
+
+@register_method
+@dataclass
+class LoRA(MethodConfig):
+    name = "lora"
+    trains = "low-rank A (D->r) and B (r->3D) on every block's qkv"
+    aliases = {"rank": "lora_bottleneck"}
+    identity_at_init = True
+    lora_bottleneck: int = hp(8, "rank r", grid=[1, 8, 16, 32], low=1)
+    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
+
+    def attach(self, model) -> None:
+        for block in model.blocks:
+            qkv = block.attn.qkv
+            delta = LowRankDelta(qkv.in_features, qkv.out_features, self.lora_bottleneck)
+            delta.merge_factor = self.merge_factor
+            block.attn.qkv = ParallelBranch(qkv, delta)

@@ -1,0 +1,62 @@
+"""Selective tuning: the attention, MLP or whole block weights of listed blocks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import MethodConfig, hp, register_method
+
+
+def _blocks(model, method: str, key: str, indices: list[int]):
+    depth = len(model.blocks)
+    for i in indices:
+        if not -depth <= i < depth:
+            raise ValueError(f"method '{method}': {key} contains {i}; allowed: block indices "
+                             f"in [0, {depth - 1}] (or negative from the end)")
+    return [model.blocks[i] for i in sorted({i % depth for i in indices})]
+
+
+
+
+@register_method
+@dataclass
+class AttnTune(MethodConfig):
+    name = "attn_tune"
+    trains = "qkv and/or proj of the listed blocks"
+    identity_at_init = True
+    attention_index: list[int] = hp([-1], "block indices")
+    attention_type: str = hp("both", "which projections", choices=["qkv", "proj", "both"])
+
+    def attach(self, model) -> None:
+        parts = ["qkv", "proj"] if self.attention_type == "both" else [self.attention_type]
+        for block in _blocks(model, self.name, "attention_index", self.attention_index):
+            for part in parts:
+                getattr(block.attn, part).requires_grad_(True)
+
+
+@register_method
+@dataclass
+class MlpTune(MethodConfig):
+    name = "mlp_tune"
+    trains = "fc1 and/or fc2 of the listed blocks"
+    identity_at_init = True
+    mlp_index: list[int] = hp([-1], "block indices")
+    mlp_type: str = hp("both", "which layers", choices=["fc1", "fc2", "both"])
+
+    def attach(self, model) -> None:
+        parts = ["fc1", "fc2"] if self.mlp_type == "both" else [self.mlp_type]
+        for block in _blocks(model, self.name, "mlp_index", self.mlp_index):
+            for part in parts:
+                getattr(block.mlp, part).requires_grad_(True)
+
+
+@register_method
+@dataclass
+class BlockTune(MethodConfig):
+    name = "block_tune"
+    trains = "every weight of the listed blocks"
+    identity_at_init = True
+    block_index: list[int] = hp([-1], "block indices")
+
+    def attach(self, model) -> None:
+        for block in _blocks(model, self.name, "block_index", self.block_index):
+            block.requires_grad_(True)

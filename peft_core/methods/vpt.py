@@ -1,0 +1,90 @@
+"""Visual prompt tuning through forward (pre-)hooks on the stock blocks.
+
+Prompts are prepended before the CLS token. ``vpt_deep`` swaps in fresh prompts before every
+block; ``vpt_shallow`` prepends them at block 0 and, as the study's code does, drops them again
+after block 0 (``vpt_original: true`` keeps them through all blocks, as in the VPT paper).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..layers import InsertedModule
+from ..registry import MethodConfig, hp, register_method
+
+_NOT_LINEAR = "prompt tokens change the sequence the attention sees; they do not fold into weights"
+
+
+def prompt_init_bound(model) -> float:
+    """VPT's uniform init bound sqrt(6 / (3 * p^2 + D)) for patch size p."""
+    ph, pw = model.patch_embed.patch_size
+    return math.sqrt(6.0 / (3 * ph * pw + model.embed_dim))
+
+
+class PromptTokens(InsertedModule):
+    """``num`` learnable tokens; its hooks prepend them to (or swap them into) a block's input."""
+
+    def __init__(self, num: int, dim: int, bound: float, replace_previous: bool,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.empty(num, dim).uniform_(-bound, bound))
+        self.dropout = nn.Dropout(dropout)
+        self.replace_previous = replace_previous
+
+    @property
+    def num(self) -> int:
+        return self.tokens.shape[0]
+
+    def prepend(self, block: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if self.replace_previous:
+            x = x[:, self.num:]
+        prompts = self.dropout(self.tokens).to(x.dtype).expand(x.shape[0], -1, -1)
+        return (torch.cat([prompts, x], dim=1),) + args[1:]
+
+    def strip(self, block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output[:, self.num:]
+
+
+def _attach_prompts(model, num: int, deep: bool, keep: bool) -> None:
+    bound = prompt_init_bound(model)
+    first = None
+    for i, block in enumerate(model.blocks):
+        if i > 0 and not deep:
+            break
+        block.vpt_prompts = PromptTokens(num, model.embed_dim, bound, replace_previous=i > 0)
+        block.register_forward_pre_hook(block.vpt_prompts.prepend)
+        first = first or block.vpt_prompts
+    last = model.blocks[-1] if (deep or keep) else model.blocks[0]
+    last.register_forward_hook(first.strip)
+
+
+@register_method
+@dataclass
+class VPTShallow(MethodConfig):
+    name = "vpt_shallow"
+    trains = "prompt tokens prepended at block 0"
+    aliases = {"num_tokens": "vpt_num"}
+    cannot_merge = _NOT_LINEAR
+    vpt_num: int = hp(10, "number of prompt tokens", grid=[5, 10, 50, 100, 200], low=1)
+    vpt_original: bool = hp(False, "keep the prompts through all blocks (VPT paper) instead of "
+                                   "dropping them after block 0 (the study's code)")
+
+    def attach(self, model) -> None:
+        _attach_prompts(model, self.vpt_num, deep=False, keep=self.vpt_original)
+
+
+@register_method
+@dataclass
+class VPTDeep(MethodConfig):
+    name = "vpt_deep"
+    trains = "fresh prompt tokens before every block"
+    aliases = {"num_tokens": "vpt_num"}
+    cannot_merge = _NOT_LINEAR
+    vpt_num: int = hp(10, "prompt tokens per block", grid=[5, 10, 50, 100], low=1)
+
+    def attach(self, model) -> None:
+        _attach_prompts(model, self.vpt_num, deep=True, keep=True)

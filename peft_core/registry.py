@@ -1,0 +1,150 @@
+"""Method registry: one config dataclass per method, registered by name.
+
+A method is its config: a dataclass whose fields are the study's hyper-parameter keys (with the
+paper's grid and the allowed range in the field metadata) and whose ``attach`` wires the method
+into a stock timm ``VisionTransformer``. ``peft_core.apply`` validates, freezes, attaches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+_METHODS: dict[str, type["MethodConfig"]] = {}
+
+
+def hp(default: Any, help: str, *, grid: list | None = None, low: float | None = None,
+       high: float | None = None, choices: list | None = None) -> Any:
+    """A hyper-parameter field: default, help text, the paper's grid and the allowed values."""
+    meta = {"help": help, "grid": grid, "low": low, "high": high, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    m = f.metadata
+    if m.get("choices") is not None:
+        return "one of " + ", ".join(map(str, m["choices"]))
+    lo, hi = m.get("low"), m.get("high")
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if lo is not None and hi is not None:
+        return f"{kind} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{kind} >= {lo}"
+    return kind
+
+
+def _check_value(method: str, f: dataclasses.Field, value: Any) -> Any:
+    """Coerce ``value`` to the field's type and check its range; ValueError names both."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    bad = ValueError(f"method '{method}': hyper-parameter '{f.name}'={value!r} is invalid; "
+                     f"allowed: {_allowed(f)}")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise bad
+        value = int(value)
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif kind.startswith("list"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad
+        return list(value)
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise bad
+    m = f.metadata
+    if m.get("choices") is not None and value not in m["choices"]:
+        raise bad
+    if m.get("low") is not None and value < m["low"]:
+        raise bad
+    if m.get("high") is not None and value > m["high"]:
+        raise bad
+    return value
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method config. Subclasses are dataclasses registered by name."""
+
+    name: ClassVar[str] = ""
+    trains: ClassVar[str] = ""            # what is trained besides the head, for people
+    aliases: ClassVar[dict[str, str]] = {}
+    # None: folds into the frozen weights; otherwise the reason it cannot.
+    cannot_merge: ClassVar[str | None] = None
+    # True when the last layer of every inserted module starts at zero (forward unchanged).
+    identity_at_init: ClassVar[bool] = False
+    trains_head: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_value(self.name, f, getattr(self, f.name)))
+
+    @classmethod
+    def from_hp(cls, **hp: Any) -> "MethodConfig":
+        keys = {f.name for f in dataclasses.fields(cls)}
+        resolved: dict[str, Any] = {}
+        for key, value in hp.items():
+            key = cls.aliases.get(key, key)
+            if key not in keys:
+                allowed = ", ".join(sorted(keys)) or "none"
+                raise ValueError(f"method '{cls.name}': unknown hyper-parameter '{key}'; "
+                                 f"allowed: {allowed}")
+            resolved[key] = value
+        return cls(**resolved)
+
+    def attach(self, model: VisionTransformer) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError(f"method '{self.name}' has no attach")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, **dataclasses.asdict(self)}
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Name, what is trained, hyper-parameters with defaults and help, and the paper's grid."""
+        params = {}
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            params[f.name] = {"default": default, "help": f.metadata["help"],
+                              "allowed": _allowed(f)}
+        grid = {f.name: f.metadata["grid"] for f in dataclasses.fields(cls) if f.metadata["grid"]}
+        return {"name": cls.name, "trains": cls.trains, "hyperparameters": params,
+                "grid": grid, "mergeable": cls.cannot_merge is None}
+
+
+def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: make ``cls`` (a dataclass with ``name``) available to ``apply``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no method name")
+    if cls.name in _METHODS:
+        raise ValueError(f"method '{cls.name}' is already registered")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[MethodConfig]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method '{name}'; allowed: {', '.join(sorted(_METHODS))}") from None
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def check_vit(model: nn.Module) -> VisionTransformer:
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"model must be a timm VisionTransformer, got {type(model).__name__}")
+    return model

@@ -1,0 +1,63 @@
+"""``peft-search``: one entry point, one sub-command per job. Errors are one line, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+import yaml
+
+from . import commands
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict, each value read as YAML (so 8 -> int, true -> bool, [1,2] -> list)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got '{pair}'")
+        try:
+            values[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key}: cannot read value '{raw}'") from None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peft-search", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("methods", help="list every method: what it trains, hyper-parameters, grid")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=commands.methods)
+
+    p = sub.add_parser("params", help="inserted-parameter count of a method on a backbone")
+    p.add_argument("--method", required=True)
+    p.add_argument("--backbone", default="vit_b16_in21k")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyper-parameter, e.g. --set lora_bottleneck=8 (repeatable)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands.params)
+
+    p = sub.add_parser("demo", help="the embedded demo (see README)")
+    p.set_defaults(func=commands.demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "set"):
+            args.set = parse_assignments(args.set)
+        return args.func(args)
+    except ValueError as err:
+        print(f"peft-search {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,182 @@
+"""Registry-wide checks: every registered method on every tiny backbone architecture."""
+import copy
+import functools
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import peft_core
+from peft_core.layers import InsertedModule, Wrapper
+from peft_core.registry import get_method
+
+TINY_BACKBONES = [b for b in peft_core.backbone_names() if b.startswith("tiny_")]
+
+METHODS = sorted(peft_core.methods())
+MERGEABLE = [m for m in METHODS if peft_core.methods()[m]["mergeable"]]
+UNMERGEABLE = [m for m in METHODS if m not in MERGEABLE]
+
+
+@functools.cache
+def _base(backbone: str) -> VisionTransformer:
+    torch.manual_seed(1)
+    return peft_core.build_backbone(backbone, num_classes=5).eval()
+
+
+def fresh(backbone: str) -> VisionTransformer:
+    return copy.deepcopy(_base(backbone))
+
+
+def images(model, n=3):
+    return torch.randn(n, 3, *model.patch_embed.img_size, generator=torch.Generator().manual_seed(7))
+
+
+def perturb_trainable(model, std=0.1):
+    """Move every trained tensor away from its init so that merge has something to fold."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * std)
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_backward_and_only_declared_params_get_grads(method, backbone):
+    model = peft_core.apply(fresh(backbone), method).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    out = model(images(model))
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+    if not trainable:  # zero_shot trains nothing
+        assert method == "zero_shot" and not out.requires_grad
+        return
+    out.logsumexp(-1).sum().backward()
+    got_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert got_grad == trainable
+    head = {n for n in trainable if n.startswith("head.")}
+    assert head == {"head.weight", "head.bias"}
+    assert (peft_core.count_inserted(model) > 0) == (method not in ("linear", "zero_shot"))
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_init_methods_leave_the_output_unchanged(method, backbone):
+    base = fresh(backbone)
+    x = images(base)
+    with torch.no_grad():
+        before = base(x)
+        after = peft_core.apply(copy.deepcopy(base), method).eval()(x)
+    if get_method(method).identity_at_init:
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    else:  # random inits (ssf, random adapters, prompts) must move the output
+        assert not torch.allclose(after, before, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("method", MERGEABLE)
+def test_merge_folds_into_a_plain_vit_with_equal_outputs(method, backbone):
+    stock_keys = set(fresh(backbone).state_dict())
+    model = peft_core.apply(fresh(backbone), method)
+    perturb_trainable(model)
+    x = images(model)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        merged = peft_core.merge(model)
+        got = merged(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert peft_core.count_inserted(merged) == 0
+    assert not any(isinstance(m, (InsertedModule, Wrapper)) for m in merged.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in merged.modules())
+    extra = set(merged.state_dict()) - stock_keys
+    # SSF's shift on a bias-free patch embed (CLIP) needs the one bias the stock model lacks.
+    allowed_extra = {"patch_embed.proj.bias"} if method == "ssf" and backbone == "tiny_clip" else set()
+    assert extra == allowed_extra and stock_keys <= set(merged.state_dict())
+    assert peft_core.config_of(merged) is None
+
+
+@pytest.mark.parametrize("method", UNMERGEABLE)
+def test_unmergeable_methods_say_why(method):
+    model = peft_core.apply(fresh("tiny_vit_b16_in21k"), method)
+    with pytest.raises(ValueError, match=f"method '{method}' cannot be merged: .+"):
+        peft_core.merge(model)
+
+
+def test_merged_lora_state_dict_loads_into_a_stock_model():
+    model = peft_core.apply(fresh("tiny_vit_b16_in21k"), "lora", lora_bottleneck=4)
+    perturb_trainable(model)
+    merged = peft_core.merge(model.eval())
+    stock = fresh("tiny_vit_b16_in21k")
+    stock.load_state_dict(merged.state_dict(), strict=True)
+    x = images(stock)
+    with torch.no_grad():
+        torch.testing.assert_close(stock(x), merged(x))
+
+
+@pytest.mark.parametrize("method", ["lora", "adaptformer", "fact_tk", "convpass", "repadapter"])
+def test_merge_factor_scales_inserted_modules(method):
+    base = fresh("tiny_vit_b16_in21k")
+    model = peft_core.apply(copy.deepcopy(base), method)
+    perturb_trainable(model)
+    model.eval()
+    x = images(model)
+    with torch.no_grad():
+        tuned = model(x)
+        peft_core.set_merge_factor(model, 0.0)
+        off = model(x)
+        base.head.load_state_dict(model.head.state_dict())
+        torch.testing.assert_close(off, base(x), rtol=1e-5, atol=1e-6)
+        peft_core.set_merge_factor(model, 1.0)
+        torch.testing.assert_close(model(x), tuned)
+
+
+def test_vqt_queries_do_not_change_what_the_other_tokens_compute():
+    base = fresh("tiny_vit_b16_in21k")
+    model = peft_core.apply(copy.deepcopy(base), "vqt", vqt_num=4).eval()
+    x = images(base)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), base.forward_features(x))
+        # With the combining weights at [1, 0, ..., 0] the head sees the plain CLS feature.
+        model.vqt.weight.zero_()
+        model.vqt.weight[0] = 1.0
+        torch.testing.assert_close(model(x), base(x))
+
+
+def test_vpt_shallow_study_mode_drops_prompts_after_block_0():
+    base = fresh("tiny_vit_b16_in21k")
+    x = images(base)
+    study = peft_core.apply(copy.deepcopy(base), "vpt_shallow", vpt_num=3).eval()
+    original = peft_core.apply(copy.deepcopy(base), "vpt_shallow", vpt_num=3, vpt_original=True).eval()
+    original.blocks[0].vpt_prompts.load_state_dict(study.blocks[0].vpt_prompts.state_dict())
+    seen = []
+    study.blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    original.blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    with torch.no_grad():
+        out_study, out_original = study(x), original(x)
+    tokens = base.patch_embed.num_patches + base.num_prefix_tokens
+    assert seen == [tokens, tokens + 3]
+    assert out_study.shape == out_original.shape and not torch.allclose(out_study, out_original)
+
+
+def test_selective_tuning_trains_exactly_the_listed_blocks():
+    model = peft_core.apply(fresh("tiny_vit_b16_in21k"), "block_tune", block_index=[1])
+    names = {n for n, p in model.named_parameters() if p.requires_grad and "head" not in n}
+    assert names and all(n.startswith("blocks.1.") for n in names)
+    model = peft_core.apply(fresh("tiny_vit_b16_in21k"), "attn_tune", attention_index=[0],
+                            attention_type="proj")
+    names = {n for n, p in model.named_parameters() if p.requires_grad and "head" not in n}
+    assert names == {"blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias"}
+
+
+def test_deepcopied_model_keeps_its_own_hooks_and_shared_factors():
+    # Ray workers and WiSE copy models: hooks and shared factors must follow the copy.
+    for method in ("vpt_deep", "fact_tk", "vqt"):
+        model = peft_core.apply(fresh("tiny_vit_b16_in21k"), method).eval()
+        twin = copy.deepcopy(model)
+        perturb_trainable(twin)
+        x = images(model)
+        with torch.no_grad():
+            a = model(x)
+            b = twin(x)
+        assert not torch.allclose(a, b), method
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), a)
