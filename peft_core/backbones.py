@@ -27,6 +27,8 @@ class Backbone:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     description: str = ""
+    default_checkpoint: Path | None = None  # weights shipped with the project
+
 
     @property
     def img_size(self) -> int:
@@ -36,6 +38,7 @@ class Backbone:
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _TINY = dict(embed_dim=48, depth=2, num_heads=3)
+WEIGHTS = Path(__file__).parent / "weights"
 
 BACKBONES: dict[str, Backbone] = {
     "vit_b16_in21k": Backbone("vit_base_patch16_224.augreg_in21k", mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -44,6 +47,12 @@ BACKBONES: dict[str, Backbone] = {
                               description="DINOv2 ViT-B/14 (LayerScale)"),
     "clip_vitb16": Backbone("vit_base_patch16_clip_quickgelu_224.openai", mean=_CLIP_MEAN,
                             std=_CLIP_STD, description="CLIP ViT-B/16 image tower (QuickGELU)"),
+    # Really pretrained, shipped (peft_core/pretrain.py, weights/MODEL_CARD.md): mini-VTAB on a CPU.
+    "fmnist_vit_tiny": Backbone("vit_base_patch16_224",
+                                dict(img_size=32, patch_size=8, embed_dim=128, depth=6, num_heads=4),
+                                mean=(0.5,) * 3, std=(0.5,) * 3,
+                                description="tiny ViT pretrained on 5 Fashion-MNIST classes",
+                                default_checkpoint=WEIGHTS / "fmnist_vit_tiny.safetensors"),
     # Same structure, tiny width/depth/image: for tests on a CPU.
     "tiny_vit_b16_in21k": Backbone("vit_base_patch16_224", dict(img_size=32, patch_size=8, **_TINY),
                                    mean=(0.5,) * 3, std=(0.5,) * 3, description="tiny ViT (test)"),

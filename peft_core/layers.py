@@ -22,13 +22,50 @@ class InsertedModule(nn.Module):
 
     merge_factor: float = 1.0
 
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out + self(x)``; low-rank modules override it to accumulate inside one GEMM."""
+        return out + self(x)
+
 
 class QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
 
 
-class Bottleneck(InsertedModule):
+class LowRankBranch(InsertedModule):
+    """An inserted branch ending in a linear up-projection: ``scale * up(hidden(x))``.
+
+    Subclasses give ``hidden`` and ``up``; ``add_to`` then accumulates the up-projection into
+    the frozen path's output inside one GEMM. ``hidden`` may return (..., n, r) when the branch
+    produces n chunks of the output width (FacT on q|k|v or fc1).
+    """
+
+    scale: float = 1.0
+    up: nn.Linear
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.hidden(x)) * (self.scale * self.merge_factor)
+        return y.reshape(*x.shape[:-1], -1)
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return add_scaled_linear(out, self.hidden(x), self.up.weight, self.up.bias,
+                                 self.scale * self.merge_factor)
+
+
+def add_scaled_linear(out: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """``out + alpha * (z @ weight.T + bias)`` with the product accumulated into ``out`` by one
+    GEMM (``addmm``): no full-width temporaries for the product, the scaling or the sum."""
+    rows = out.reshape(-1, weight.shape[0])
+    if bias is not None:
+        rows = rows + alpha * bias
+    return torch.addmm(rows, z.reshape(-1, weight.shape[1]), weight.t(), alpha=alpha).view(out.shape)
+
+
+class Bottleneck(LowRankBranch):
     """down D->r, activation, dropout, up r->D, times ``scale`` (adapters of every flavour)."""
 
     def __init__(self, dim: int, rank: int, scale: float, init: str, dropout: float = 0.1,
@@ -41,9 +78,8 @@ class Bottleneck(InsertedModule):
         self.scale = scale
         _init_bottleneck(self.down, self.up, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(self.dropout(self.act(self.down(x))))
-        return h * (self.scale * self.merge_factor)
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.act(self.down(x)))
 
 
 def _init_bottleneck(down: nn.Linear, up: nn.Linear, init: str) -> None:
@@ -82,7 +118,7 @@ class ParallelBranch(Wrapper):
     """``base(x) + delta(x)``: LoRA and FacT on a linear, ConvPass beside attention or MLP."""
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.base(x, **kwargs) + self.delta(x)
+        return self.delta.add_to(self.base(x, **kwargs), x)
 
     def fold(self) -> nn.Module:
         return fold_affine(self)
@@ -92,7 +128,7 @@ class PreAdapter(Wrapper):
     """``base(x + delta(x))``: RepAdapter on the normed input of qkv / fc1."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x + self.delta(x))
+        return self.base(self.delta.add_to(x, x))
 
     def fold(self) -> nn.Module:
         return fold_affine(self)
@@ -103,7 +139,7 @@ class SequentialAdapter(Wrapper):
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         h = self.base(x, **kwargs)
-        return h + self.delta(h)
+        return self.delta.add_to(h, h)
 
 
 class PreNormParallel(nn.Module):
@@ -118,7 +154,7 @@ class PreNormParallel(nn.Module):
         self.norm, self.mlp, self.adapter = norm, mlp, adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(x)) + self.adapter(x)
+        return self.adapter.add_to(self.mlp(self.norm(x)), x)
 
 
 class ChannelAffine(InsertedModule):

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import InsertedModule, ParallelBranch, QuickGELU
+from ..layers import LowRankBranch, ParallelBranch, QuickGELU
 from ..registry import MethodConfig, hp, register_method
 
 
-class ConvBypass(InsertedModule):
+class ConvBypass(LowRankBranch):
     """down D->r, QuickGELU, 3x3 conv over the patch grid, QuickGELU, dropout, up r->D, times s.
 
     Prefix tokens (CLS) go through the same conv as a 1x1 image, i.e. its centre tap.
@@ -38,15 +38,14 @@ class ConvBypass(InsertedModule):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.down(x))
         prefix, patches = h[:, :self.num_prefix], h[:, self.num_prefix:]
         b, n, r = patches.shape
         grid = patches.transpose(1, 2).reshape(b, r, *self.grid)
         patches = self.conv(grid).flatten(2).transpose(1, 2)
         prefix = F.linear(prefix, self.conv.weight[:, :, 1, 1], self.conv.bias)
-        h = self.act(torch.cat([prefix, patches], dim=1))
-        return self.up(self.dropout(h)) * (self.scale * self.merge_factor)
+        return self.dropout(self.act(torch.cat([prefix, patches], dim=1)))
 
 
 @register_method

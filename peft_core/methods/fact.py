@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import InsertedModule, ParallelBranch
+from ..layers import InsertedModule, LowRankBranch, ParallelBranch
 from ..registry import MethodConfig, hp, register_method
 
 # Slots of the 12 cores per block (FacT-TK's P columns): q, k, v, proj, fc1 x4, fc2 x4.
@@ -42,7 +42,7 @@ class FactFactors(InsertedModule):
         return torch.einsum("oik,kn->noi", self.core, cols)
 
 
-class FactDelta(InsertedModule):
+class FactDelta(LowRankBranch):
     """The FacT update of one frozen linear (``kind`` in qkv, proj, fc1, fc2) of one block."""
 
     def __init__(self, factors: FactFactors, kind: str, block: int, scale: float,
@@ -67,15 +67,18 @@ class FactDelta(InsertedModule):
         cores = self._factors[0].tk_cores(self.block, _SLOTS[self.kind])
         return torch.cat(list(cores), dim=1 if self.kind == "fc2" else 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self._factors[0]
+    @property
+    def up(self) -> nn.Linear:
+        return self._factors[0].v
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The core output before V: (..., n, d) for n output chunks of width D."""
+        u = self._factors[0].u
         if self.kind == "fc2":  # 4D input: 4 chunks of D, each through U, concatenated
-            u = f.u(x.unflatten(-1, (4, -1))).flatten(-2)
-            out = f.v(self.dropout(F.linear(u, self._core())))
-        else:  # q|k|v, proj or the 4 chunks of fc1: each d-chunk of the core output through V
-            h = self.dropout(F.linear(f.u(x), self._core()))
-            out = f.v(h.unflatten(-1, (-1, f.u.out_features))).flatten(-2)
-        return out * (self.scale * self.merge_factor)
+            h = F.linear(u(x.unflatten(-1, (4, -1))).flatten(-2), self._core())
+        else:
+            h = F.linear(u(x), self._core())
+        return self.dropout(h).unflatten(-1, (-1, u.out_features))
 
 
 @dataclass

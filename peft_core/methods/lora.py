@@ -7,23 +7,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import InsertedModule, ParallelBranch
+from ..layers import LowRankBranch, ParallelBranch
 from ..registry import MethodConfig, hp, register_method
 
 
-class LowRankDelta(InsertedModule):
+class LowRankDelta(LowRankBranch):
     """``B(A(dropout(x)))``: A kaiming-uniform, B zeros, no biases."""
 
     def __init__(self, n_in: int, n_out: int, rank: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.lora_A = nn.Linear(n_in, rank, bias=False)
-        self.lora_B = nn.Linear(rank, n_out, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
+        self.down = nn.Linear(n_in, rank, bias=False)  # LoRA's A
+        self.up = nn.Linear(rank, n_out, bias=False)  # LoRA's B
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora_B(self.lora_A(self.dropout(x))) * self.merge_factor
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.dropout(x))
 
 
 @register_method

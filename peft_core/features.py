@@ -1,0 +1,46 @@
+"""Exact frozen-feature cache for linear probing.
+
+When only the head trains, the backbone is a fixed function of the image (no augmentation, eval
+mode): compute its pre-logit features once and train the head on them. Batches use the same
+per-epoch order as image training, so the head equals what uncached training with an eval-mode
+backbone gives.
+"""
+from __future__ import annotations
+
+import torch
+
+from .api import config_of
+
+
+def cacheable(model: torch.nn.Module) -> bool:
+    """Default: on for linear probing (nothing but the head trains)."""
+    config = config_of(model)
+    return config is not None and config.name == "linear"
+
+
+class FeatureCache:
+    def __init__(self, model, train_set, eval_set, batch_size: int, device) -> None:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if not trainable <= {"head.weight", "head.bias"}:
+            raise ValueError("feature_cache needs a frozen backbone (only the head may train)")
+        self.train = self._features(model, train_set, batch_size, device)
+        self.eval = self._features(model, eval_set, batch_size, device)
+
+    @staticmethod
+    @torch.no_grad()
+    def _features(model, dataset, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        feats, labels = [], []
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            x = x.to(device)
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True))
+            labels.append(torch.as_tensor(y).to(device))
+        return torch.cat(feats), torch.cat(labels)
+
+    def train_batches(self, batches, epoch: int):
+        feats, labels = self.train
+        return ((feats[idx], labels[idx]) for idx in batches.indices(epoch))
+
+    def eval_batches(self, batch_size: int):
+        feats, labels = self.eval
+        return ((feats[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))

@@ -1,0 +1,295 @@
+"""The study's training protocol for one run (a trial): no Ray, no MLflow, just a callback.
+
+``train(config, report)`` builds the backbone, attaches the method, trains with AdamW and timm's
+``CosineLRScheduler`` stepped per epoch (warm-up from ``warmup_lr_init``), evaluates at the
+configured epochs and calls ``report(metrics, checkpoint_dir)`` each time it evaluates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+
+from . import checkpoint as ckpt
+from .api import apply, count_inserted
+from .backbones import build_backbone, get_backbone
+from .data import DataSpec, build_datasets, image_transform
+from .features import FeatureCache, cacheable
+
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the trial failed."""
+
+
+@dataclass
+class TrainConfig:
+    """One run, complete and self-describing. Keys follow the study's config files."""
+
+    method: str = "linear"
+    hp: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
+    backbone: str = "fmnist_vit_tiny"
+    checkpoint: str | None = None  # local weights file; None: the backbone's shipped weights
+    pretrained: bool = True  # False: random init (tests, training from scratch)
+    data: str = "digits"  # task; the study's "processed_vtab-<task>" is accepted
+    data_path: str = ""
+    data_format: str = "vtab"
+    num_classes: int | None = None
+    normalize: bool = False
+    phase: str = "tune"  # tune: train800 -> val200; final: train800val200 -> test
+    epoch: int = 100
+    warmup_epoch: int = 10
+    lr: float = 1e-3
+    wd: float = 1e-4
+    warmup_lr_init: float = 1e-6
+    lr_min: float = 1e-5
+    batch_size: int = 64
+    test_batch_size: int = 512
+    drop_path_rate: float = 0.1
+    seed: int = 42
+    eval_freq: int = 0  # evaluate every N epochs (0: only the first and the last epoch)
+    eval_epochs: list[int] = field(default_factory=list)  # extra epochs to evaluate (ASHA rungs)
+    early_patience: int = 0  # evaluations without improvement before stopping (0: never)
+    final_acc_hp: bool = True  # select on the last epoch's val top-1, not the best
+    feature_cache: bool | None = None  # None: on for linear probing
+    preload: bool | None = None  # keep decoded images in memory; None: when under 1 GiB
+    device: str = "auto"
+    bf16: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [("epoch", self.epoch >= 1, ">= 1"), ("warmup_epoch", self.warmup_epoch >= 0, ">= 0"),
+                  ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("test_batch_size", self.test_batch_size >= 1, ">= 1"),
+                  ("drop_path_rate", 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
+                  ("eval_freq", self.eval_freq >= 0, ">= 0"),
+                  ("early_patience", self.early_patience >= 0, ">= 0"),
+                  ("phase", self.phase in ("tune", "final"), "tune or final")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"train config: {key}={getattr(self, key)!r} is invalid; allowed: {allowed}")
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def evaluates_at(self, epoch: int) -> bool:
+        """Epochs count from 1 here: ``epoch`` epochs have been trained."""
+        if epoch in (1, self.epoch) or epoch in self.eval_epochs:
+            return True
+        return bool(self.eval_freq) and epoch % self.eval_freq == 0
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | early_stopped
+    metrics: dict[str, Any]  # the last evaluation
+    history: list[dict[str, Any]]
+    inserted_params: int
+    seconds: float
+    model: torch.nn.Module = field(repr=False, default=None)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The backbone with its weights and the method attached (seeded: repeatable init)."""
+    spec = get_backbone(config.backbone)
+    weights = config.checkpoint
+    if config.pretrained and weights is None:
+        if spec.default_checkpoint is None:
+            raise ValueError(f"backbone '{config.backbone}' ships no weights; set checkpoint: PATH "
+                             f"or pretrained: false")
+        weights = spec.default_checkpoint
+    model = build_backbone(config.backbone, num_classes, weights if config.pretrained else None,
+                           drop_path_rate=config.drop_path_rate)
+    return apply(model, config.method, **config.hp)
+
+
+class _Batches:
+    """Per-epoch shuffled batches (drop last) seeded by (seed, epoch): resumable without state."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, workers: int, pin: bool) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.workers, self.pin = workers, pin
+
+    def indices(self, epoch: int) -> list[list[int]]:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
+            self.seed * 100_003 + epoch)).tolist()
+        return [order[i:i + self.batch_size]
+                for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+
+    def epoch(self, epoch: int):
+        batches = self.indices(epoch)
+        if isinstance(self.dataset, _Preloaded):
+            return ((self.dataset.images[b], self.dataset.labels[b]) for b in batches)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches,
+                                           num_workers=self.workers, pin_memory=self.pin)
+
+
+class _Preloaded(torch.utils.data.Dataset):
+    """Decoded, transformed images held in memory (no augmentation, so they never change)."""
+
+    def __init__(self, dataset) -> None:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=256)
+        pairs = list(loader)
+        self.images = torch.cat([x for x, _ in pairs])
+        self.labels = torch.cat([torch.as_tensor(y) for _, y in pairs])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def _maybe_preload(dataset, config: TrainConfig, img_size: int):
+    size = len(dataset) * 3 * img_size * img_size * 4
+    if config.preload or (config.preload is None and size <= 2**30):
+        return _Preloaded(dataset)
+    return dataset
+
+
+@torch.no_grad()
+def evaluate(model, dataset, batch_size: int, device, autocast, prefix: str,
+             features: FeatureCache | None = None) -> dict[str, float]:
+    model.eval()
+    total, loss, top1, top5 = 0, 0.0, 0, 0
+    if features is not None:
+        batches = features.eval_batches(batch_size)
+    elif isinstance(dataset, _Preloaded):
+        batches = ((dataset.images[i:i + batch_size], dataset.labels[i:i + batch_size])
+                   for i in range(0, len(dataset), batch_size))
+    else:
+        batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    for x, y in batches:
+        x, y = x.to(device), torch.as_tensor(y).to(device)
+        with autocast():
+            logits = model.head(x) if features is not None else model(x)
+        logits = logits.float()
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == y[:, None]
+        top1 += hits[:, 0].sum().item()
+        top5 += hits.any(dim=1).sum().item()
+        total += len(y)
+    return {f"{prefix}_loss": loss / total, f"{prefix}_top1": 100.0 * top1 / total,
+            f"{prefix}_top5": 100.0 * top5 / total}
+
+
+def train(config: TrainConfig, report: Report | None = None, resume_from: Path | None = None,
+          progress: bool = False) -> TrainResult:
+    """Run the protocol; ``report(metrics, checkpoint_dir)`` after every evaluation.
+
+    ``resume_from``: a checkpoint folder given to ``report`` earlier; training continues from
+    it exactly as if never stopped. Raises ``TrainingDiverged`` on a NaN/inf loss.
+    """
+    start = time.time()
+    _seed_everything(config.seed)
+    device = _device(config.device)
+    spec = get_backbone(config.backbone)
+    transform = image_transform(spec.img_size, spec.mean, spec.std, config.normalize)
+    data = DataSpec(config.data, Path(config.data_path), config.data_format, config.num_classes,
+                    config.normalize)
+    train_set, eval_set, num_classes = build_datasets(data, config.phase, transform)
+    model = build_model(config, num_classes).to(device)
+    train_set = _maybe_preload(train_set, config, spec.img_size)
+    eval_set = _maybe_preload(eval_set, config, spec.img_size)
+    use_cache = cacheable(model) if config.feature_cache is None else config.feature_cache
+    features = FeatureCache(model, train_set, eval_set, config.test_batch_size, device) if use_cache else None
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.wd)
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.epoch, lr_min=config.lr_min,
+                                  warmup_t=config.warmup_epoch, warmup_lr_init=config.warmup_lr_init)
+    state = {"epoch": 0, "history": [], "best": None, "bad_evals": 0}
+    if resume_from is not None:
+        state = ckpt.load(Path(resume_from), model, optimizer, scheduler)
+    batches = _Batches(train_set, config.batch_size, config.seed, config.num_workers,
+                       pin=device.type == "cuda")
+    use_bf16 = config.bf16 and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    prefix = "val" if config.phase == "tune" else "test"
+    status = "completed"
+    for epoch in range(state["epoch"], config.epoch):
+        scheduler.step(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        if not math.isfinite(lr):
+            raise TrainingDiverged(f"learning rate is {lr} at epoch {epoch + 1}")
+        train_metrics = _train_epoch(model, features.train_batches(batches, epoch) if features
+                                     else batches.epoch(epoch), optimizer, device, autocast,
+                                     epoch, lr, head_only=features is not None)
+        state["epoch"] = epoch + 1
+        if not config.evaluates_at(epoch + 1):
+            continue
+        metrics = {"epoch": epoch + 1, "lr": lr, **train_metrics,
+                   **evaluate(model, eval_set, config.test_batch_size, device, autocast, prefix, features)}
+        state["history"].append(metrics)
+        score = metrics[f"{prefix}_top1"]
+        improved = state["best"] is None or score > state["best"]
+        state["best"] = score if improved else state["best"]
+        state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+        if progress:
+            print(f"epoch {epoch + 1}/{config.epoch} lr {lr:.2e} train_loss {metrics['train_loss']:.4f} "
+                  f"{prefix}_top1 {score:.2f}", file=sys.stderr, flush=True)
+        stop = config.early_patience and state["bad_evals"] >= config.early_patience
+        if report is not None:
+            folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
+            try:
+                report(metrics, ckpt.save(folder, model, optimizer, scheduler, state))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        if stop:
+            status = "early_stopped"
+            break
+    return TrainResult(status, state["history"][-1] if state["history"] else {}, state["history"],
+                       count_inserted(model), time.time() - start, model)
+
+
+def _train_epoch(model, batches, optimizer, device, autocast, epoch: int, lr: float,
+                 head_only: bool) -> dict[str, float]:
+    model.train()
+    total, loss_sum, correct = 0, 0.0, 0
+    for step, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+        with autocast():
+            logits = model.head(x) if head_only else model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1} step {step} (lr {lr:.3g})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(-1) == y).sum().item()
+        total += len(y)
+    return {"train_loss": loss_sum / max(total, 1), "train_top1": 100.0 * correct / max(total, 1)}
