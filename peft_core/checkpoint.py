@@ -66,6 +66,13 @@ def _is_json(value) -> bool:
         return False
 
 
+def read_progress(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(folder) / META).read_text())["progress"]
+    except (OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
+
+
 def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
     """Restore a checkpoint written by ``save``; returns its ``progress``.
 
@@ -101,3 +108,27 @@ def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
     np_state = meta["rng"]["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
     return meta["progress"]
+
+
+def save_adapter(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | None = None) -> Path:
+    """The trained tensors (method + head) as safetensors; ``metadata`` stored as JSON strings."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
+    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+def load_adapter(model: torch.nn.Module, path: Path) -> None:
+    """Load ``save_adapter`` output strictly: exactly the model's trainable tensors."""
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"corrupt or missing adapter {path}: {type(err).__name__}") from None
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(tensors) != expected:
+        raise ValueError(f"adapter {path} does not match the model: "
+                         f"{len(set(tensors) ^ expected)} tensors differ")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)

@@ -6,6 +6,7 @@ configured epochs and calls ``report(metrics, checkpoint_dir)`` each time it eva
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -71,6 +72,8 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, f.type, getattr(self, f.name))
         checks = [("epoch", self.epoch >= 1, ">= 1"), ("warmup_epoch", self.warmup_epoch >= 0, ">= 0"),
                   ("batch_size", self.batch_size >= 1, ">= 1"),
                   ("test_batch_size", self.test_batch_size >= 1, ">= 1"),
@@ -94,6 +97,27 @@ class TrainConfig:
         if epoch in (1, self.epoch) or epoch in self.eval_epochs:
             return True
         return bool(self.eval_freq) and epoch % self.eval_freq == 0
+
+
+_SIMPLE = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_type(key: str, annotation: str, value: Any) -> None:
+    """The YAML gave ``key`` a value of the annotated type (``int | None``, ``list[int]``, ...)."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    for kind in kinds:
+        base = kind.split("[")[0]
+        if base in _SIMPLE and isinstance(value, _SIMPLE[base]) and (
+                base == "bool" or not isinstance(value, bool)):
+            return
+        if base == "list" and isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return
+        if base == "dict" and isinstance(value, dict):
+            return
+    raise ValueError(f"train config: {key}={value!r} has the wrong type; expected {annotation}")
 
 
 @dataclass
@@ -225,6 +249,15 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     features = FeatureCache(model, train_set, eval_set, config.test_batch_size, device) if use_cache else None
 
     params = [p for p in model.parameters() if p.requires_grad]
+    prefix = "val" if config.phase == "tune" else "test"
+    if not params:  # zero-shot: nothing to train, one evaluation
+        metrics = {"epoch": 0, **evaluate(model, eval_set, config.test_batch_size, device,
+                                          contextlib.nullcontext, prefix)}
+        if report is not None:
+            report(metrics, None)
+        return TrainResult("completed", metrics, [metrics], 0, time.time() - start, model)
+    if not math.isfinite(config.lr):  # AdamW refuses it; a trial with it fails, clearly
+        raise TrainingDiverged(f"learning rate is {config.lr} at epoch {state_epoch(resume_from) + 1}")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.wd)
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epoch, lr_min=config.lr_min,
                                   warmup_t=config.warmup_epoch, warmup_lr_init=config.warmup_lr_init)
@@ -238,7 +271,6 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    prefix = "val" if config.phase == "tune" else "test"
     status = "completed"
     for epoch in range(state["epoch"], config.epoch):
         scheduler.step(epoch)
@@ -273,6 +305,13 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
             break
     return TrainResult(status, state["history"][-1] if state["history"] else {}, state["history"],
                        count_inserted(model), time.time() - start, model)
+
+
+def state_epoch(resume_from: Path | None) -> int:
+    """Epochs already trained according to a checkpoint folder (0 without one)."""
+    if resume_from is None:
+        return 0
+    return ckpt.read_progress(Path(resume_from)).get("epoch", 0)
 
 
 def _train_epoch(model, batches, optimizer, device, autocast, epoch: int, lr: float,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -43,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands.params)
 
+    p = sub.add_parser("train", help="one run: tune phase (train/val) or final phase (train+val/test)")
+    p.add_argument("--config", action="append", required=True, type=Path, metavar="FILE",
+                   help="run YAML; repeat to merge (a PETL_Vision default + method file pair)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. --set lr=0.01 (repeatable)")
+    p.add_argument("--out", type=Path, help="folder for the adapter (safetensors) and resolved config")
+    p.set_defaults(func=commands.train)
+
+    p = sub.add_parser("data", help="build the bundled mini-VTAB tasks in the VTAB-1K layout")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=commands.data)
+
     p = sub.add_parser("demo", help="the embedded demo (see README)")
     p.set_defaults(func=commands.demo)
     return parser
@@ -54,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "set"):
             args.set = parse_assignments(args.set)
         return args.func(args)
+    except commands.RunFailed as err:
+        print(f"peft-search {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:
         print(f"peft-search {args.command}: error: {err}", file=sys.stderr)
         return 2

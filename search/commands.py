@@ -3,10 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
+import yaml
 
 import peft_core
+from peft_core.checkpoint import save_adapter
+from peft_core.run_config import load_train_config
+from peft_core.train import TrainingDiverged, train as train_run
+
+
+class RunFailed(Exception):
+    """A run started and failed (e.g. its loss diverged): exit code 1, not a usage error."""
 
 
 def _format_grid(grid: dict) -> str:
@@ -48,6 +57,32 @@ def params(args: argparse.Namespace) -> int:
     else:
         print(f"{result['method']} on {result['backbone']}: {result['inserted_params']:,} inserted "
               f"parameters ({result['percent']:.2f}% of {result['backbone_params']:,})")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    config = load_train_config(args.config, args.set)
+    if args.out is not None and (args.out / "adapter.safetensors").exists():
+        raise ValueError(f"{args.out} already holds a run; choose another --out")
+    try:
+        result = train_run(config, progress=True)
+    except TrainingDiverged as err:
+        raise RunFailed(str(err)) from None
+    summary = {**result.metrics, "status": result.status, "method": config.method,
+               "inserted_params": result.inserted_params, "seconds": round(result.seconds, 3)}
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+        save_adapter(result.model, args.out / "adapter.safetensors",
+                     {"method": config.method, "hp": config.hp, "backbone": config.backbone})
+        (args.out / "metrics.json").write_text(json.dumps(summary, sort_keys=True))
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from peft_core.data.minivtab import build_minivtab
+    print(build_minivtab(args.out))
     return 0
 
 
