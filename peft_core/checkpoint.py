@@ -132,3 +132,15 @@ def load_adapter(model: torch.nn.Module, path: Path) -> None:
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value)
+
+
+def adapter_from_checkpoint(folder: Path, out: Path, metadata: dict[str, Any] | None = None) -> Path:
+    """The trained tensors of a mid-training checkpoint as a standalone adapter file."""
+    try:
+        tensors = load_file(str(Path(folder) / TENSORS))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
+    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(params, str(out), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    return out

@@ -243,6 +243,7 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
                     config.normalize)
     train_set, eval_set, num_classes = build_datasets(data, config.phase, transform)
     model = build_model(config, num_classes).to(device)
+    inserted = count_inserted(model)
     train_set = _maybe_preload(train_set, config, spec.img_size)
     eval_set = _maybe_preload(eval_set, config, spec.img_size)
     use_cache = cacheable(model) if config.feature_cache is None else config.feature_cache
@@ -251,7 +252,7 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     params = [p for p in model.parameters() if p.requires_grad]
     prefix = "val" if config.phase == "tune" else "test"
     if not params:  # zero-shot: nothing to train, one evaluation
-        metrics = {"epoch": 0, **evaluate(model, eval_set, config.test_batch_size, device,
+        metrics = {"epoch": 0, "inserted_params": 0, **evaluate(model, eval_set, config.test_batch_size, device,
                                           contextlib.nullcontext, prefix)}
         if report is not None:
             report(metrics, None)
@@ -283,17 +284,21 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
         state["epoch"] = epoch + 1
         if not config.evaluates_at(epoch + 1):
             continue
-        metrics = {"epoch": epoch + 1, "lr": lr, **train_metrics,
-                   **evaluate(model, eval_set, config.test_batch_size, device, autocast, prefix, features)}
+        metrics = {"epoch": epoch + 1, "lr": lr, "inserted_params": inserted, **train_metrics}
+        # The test set is looked at once, after the last epoch; it never selects anything.
+        if config.phase == "tune" or epoch + 1 == config.epoch:
+            metrics.update(evaluate(model, eval_set, config.test_batch_size, device, autocast,
+                                    prefix, features))
+            score = metrics[f"{prefix}_top1"]
+            improved = state["best"] is None or score > state["best"]
+            state["best"] = score if improved else state["best"]
+            state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
         state["history"].append(metrics)
-        score = metrics[f"{prefix}_top1"]
-        improved = state["best"] is None or score > state["best"]
-        state["best"] = score if improved else state["best"]
-        state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
         if progress:
-            print(f"epoch {epoch + 1}/{config.epoch} lr {lr:.2e} train_loss {metrics['train_loss']:.4f} "
-                  f"{prefix}_top1 {score:.2f}", file=sys.stderr, flush=True)
-        stop = config.early_patience and state["bad_evals"] >= config.early_patience
+            shown = f" {prefix}_top1 {metrics[f'{prefix}_top1']:.2f}" if f"{prefix}_top1" in metrics else ""
+            print(f"epoch {epoch + 1}/{config.epoch} lr {lr:.2e} train_loss {metrics['train_loss']:.4f}"
+                  f"{shown}", file=sys.stderr, flush=True)
+        stop = config.phase == "tune" and config.early_patience and state["bad_evals"] >= config.early_patience
         if report is not None:
             folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
             try:
@@ -304,7 +309,7 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
             status = "early_stopped"
             break
     return TrainResult(status, state["history"][-1] if state["history"] else {}, state["history"],
-                       count_inserted(model), time.time() - start, model)
+                       inserted, time.time() - start, model)
 
 
 def state_epoch(resume_from: Path | None) -> int:

@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for the adapter (safetensors) and resolved config")
     p.set_defaults(func=commands.train)
 
+    p = sub.add_parser("run", help="run a study: every cell's search, then its final runs")
+    p.add_argument("study", type=Path, metavar="STUDY.yaml")
+    p.add_argument("--out", type=Path, help="study folder (default: runs/<name>)")
+    p.set_defaults(func=commands.run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study without rerunning finished trials")
+    p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
+    p.set_defaults(func=commands.resume)
+
+    p = sub.add_parser("status", help="cells, trials running/done/pruned/failed, best per cell, budget")
+    p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands.status)
+
     p = sub.add_parser("data", help="build the bundled mini-VTAB tasks in the VTAB-1K layout")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=commands.data)

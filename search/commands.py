@@ -80,6 +80,45 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    from .driver import run_study, summarize
+    study_dir = run_study(args.study, args.out)
+    _print_status(summarize(study_dir), study_dir)
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    from .driver import resume_study, summarize
+    study_dir = resume_study(args.study_dir)
+    _print_status(summarize(study_dir), study_dir)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from .driver import load_study_dir, summarize
+    load_study_dir(args.study_dir)  # a clear error when it is not a study folder
+    summary = summarize(args.study_dir)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _print_status(summary, args.study_dir)
+    return 0
+
+
+def _print_status(summary: dict, study_dir: Path) -> None:
+    print(f"{study_dir}: cells {summary['cells_done']}/{len(summary['cells'])} done, trials "
+          f"{summary['trials_finished']} finished ({summary['trials_pruned']} pruned, "
+          f"{summary['trials_failed']} failed), {summary['trials_running']} running, "
+          f"{summary['budget']['epochs']} epochs, {summary['budget']['seconds']:.0f} s")
+    print(f"{'cell':32s} {'trials':>7s} {'best val':>9s} {'test top-1':>11s}  best params")
+    for cell, info in summary["cells"].items():
+        best = "-" if info["best_val"] is None else f"{info['best_val']:.2f}"
+        tests = [t for t in info["test_top1"] if t is not None]
+        test = "-" if not tests else f"{sum(tests) / len(tests):.2f}"
+        print(f"{cell:32s} {info['trials']:>3d}/{info['budget']:<3d} {best:>9s} {test:>11s}  "
+              f"{info['best_params'] or ''}")
+
+
 def data(args: argparse.Namespace) -> int:
     from peft_core.data.minivtab import build_minivtab
     print(build_minivtab(args.out))

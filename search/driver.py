@@ -1,0 +1,167 @@
+"""Run, resume and inspect a study: one Ray Tune experiment holding every cell."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .scheduler import CellASHA
+from .searcher import DONE, StudySearcher
+from .state import SEARCH_STATE, STUDY_COPY, read_json
+from .study import Study, StudyError, load_study
+from .tracking import StudyTracker, check_tracking_server, default_tracking_uri
+
+EXPERIMENT = "tune"
+# Tune snapshots its experiment state at most this often (seconds); our own state is per event.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Final runs report test metrics, not the tuning metric.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _progress_callback(study_dir: Path):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per finished trial: cells done, trials running/done/pruned/failed, best."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.show()
+
+        on_trial_error = on_trial_complete
+
+        def show(self):
+            summary = summarize(study_dir)
+            best = ", ".join(f"{c}={v:.1f}" for c, v in summary["best"].items() if v is not None)
+            print(f"[peft-search] cells {summary['cells_done']}/{len(summary['cells'])} | trials "
+                  f"running {summary['trials_running']} done {summary['trials_completed']} pruned "
+                  f"{summary['trials_pruned']} failed {summary['trials_failed']} | best {best or '-'}",
+                  file=sys.stderr, flush=True)
+    return Progress()
+
+
+def _ray_init(study: Study) -> None:
+    import ray
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                 configure_logging=True)
+
+
+def _trainable(study: Study):
+    from ray import tune
+
+    from .trainable import run_trial
+    return tune.with_resources(run_trial, {"cpu": study.cpu, "gpu": study.gpu})
+
+
+def _run_config(study: Study, study_dir: Path, uri: str):
+    from ray import tune
+    return tune.RunConfig(
+        name=EXPERIMENT, storage_path=str((study_dir / "ray").resolve()), verbose=0,
+        callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=0))
+
+
+def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
+    """Validate everything (study, folder, tracking server) before writing anything."""
+    study = load_study(study_file)
+    study_dir = Path(out or study.storage_path or Path("runs") / study.name).resolve()
+    if (study_dir / SEARCH_STATE).exists():
+        raise StudyError(f"{study_dir} already holds a study; use `peft-search resume {study_dir}`")
+    uri = study.tracking_uri or default_tracking_uri(study_dir)
+    check_tracking_server(uri)
+    return study, study_dir, uri
+
+
+def run_study(study_file: Path, out: Path | None = None) -> Path:
+    study, study_dir, uri = prepare(study_file, out)
+    from ray import tune
+    study_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(study.source, study_dir / STUDY_COPY)
+    (study_dir / "source.txt").write_text(str(study.source))
+    (study_dir / "tracking_uri.txt").write_text(uri)
+    _ray_init(study)
+    tuner = tune.Tuner(
+        _trainable(study),
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
+                                    scheduler=CellASHA(study, study_dir), num_samples=-1,
+                                    max_concurrent_trials=study.max_concurrent),
+        run_config=_run_config(study, study_dir, uri))
+    tuner.fit()
+    return study_dir
+
+
+def load_study_dir(study_dir: Path) -> tuple[Study, str]:
+    study_dir = Path(study_dir)
+    if not (study_dir / SEARCH_STATE).is_file():
+        raise StudyError(f"{study_dir}: not a study folder (no {SEARCH_STATE})")
+    source = Path((study_dir / "source.txt").read_text().strip())
+    study = load_study(source if source.is_file() else study_dir / STUDY_COPY)
+    return study, (study_dir / "tracking_uri.txt").read_text().strip()
+
+
+def resume_study(study_dir: Path) -> Path:
+    """Continue after a crash: finished trials stay finished, unfinished ones continue from
+    their last checkpoint, each cell keeps its Optuna history and ASHA rungs."""
+    from ray import tune
+    study_dir = Path(study_dir).resolve()
+    study, uri = load_study_dir(study_dir)
+    check_tracking_server(uri)
+    _ray_init(study)
+    tuner = tune.Tuner.restore(str(study_dir / "ray" / EXPERIMENT), trainable=_trainable(study),
+                               resume_unfinished=True, resume_errored=False, restart_errored=False)
+    tuner.fit()
+    return study_dir
+
+
+def summarize(study_dir: Path) -> dict:
+    """Everything ``peft-search status`` shows, from the study folder alone."""
+    study_dir = Path(study_dir)
+    state = read_json(study_dir / SEARCH_STATE, {"trials": {}})
+    trials = list(state["trials"].values())
+    cells = sorted({t["cell"] for t in trials})
+    try:
+        study, _ = load_study_dir(study_dir)
+        cells = [c.id for c in study.cells()]
+    except (StudyError, OSError, ValueError):
+        study = None
+    per_cell = {}
+    for cell in cells:
+        mine = [t for t in trials if t["cell"] == cell]
+        tuned = [t for t in mine if t["phase"] == "tune"]
+        finals = [t for t in mine if t["phase"] == "final"]
+        best = max((t for t in tuned if t["status"] == "completed" and t["value"] is not None),
+                   key=lambda t: t["value"], default=None)
+        budget = study.budget(next(c for c in study.cells() if c.id == cell)) if study else len(tuned)
+        finals_done = [t for t in finals if t["status"] == "completed"]
+        needed = len(study.final_seeds) if study else len(finals)
+        done = (len(tuned) >= budget and all(t["status"] in DONE for t in mine)
+                and (len(finals_done) >= needed or best is None))
+        per_cell[cell] = {
+            "done": done, "trials": len(tuned), "budget": budget,
+            "best_val": best["value"] if best else None, "best_params": best["params"] if best else None,
+            "test_top1": [t["metrics"].get("test_top1") for t in finals_done],
+            "epochs": sum(t["epochs"] for t in mine), "seconds": sum(t["seconds"] for t in mine)}
+    seen: dict[str, int] = {}
+    for t in trials:
+        if t["phase"] == "tune":
+            key = f"{t['cell']}|{sorted(t['params'].items())}"
+            seen[key] = seen.get(key, 0) + 1
+    grid = study is not None and (study.sampler == "grid" or study.num_samples == "grid")
+    return {
+        "cells": per_cell, "cells_done": sum(c["done"] for c in per_cell.values()),
+        "trials_finished": sum(t["status"] in DONE for t in trials),
+        "trials_running": sum(t["status"] not in DONE for t in trials),
+        "trials_completed": sum(t["status"] == "completed" for t in trials),
+        "trials_pruned": sum(t["status"] == "pruned" for t in trials),
+        "trials_failed": sum(t["status"] == "failed" for t in trials),
+        "duplicate_trials": sum(n - 1 for n in seen.values()) if grid else 0,
+        "best": {c: v["best_val"] for c, v in per_cell.items()},
+        "budget": {"epochs": sum(t["epochs"] for t in trials),
+                   "seconds": round(sum(t["seconds"] for t in trials), 2), "trials": len(trials)},
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }

@@ -1,0 +1,199 @@
+"""One Ray Tune searcher for a whole study; one Optuna sampler per cell inside it.
+
+Cells share the experiment (so the cluster stays full) but never share a sampler: each cell has
+its own Optuna study (sqlite in the study folder, so its history survives a crash). ``grid``
+hands out each point of a cell's paper grid exactly once, however many trials run at once.
+When a cell's tuning ends, its final run(s) are suggested like any other trial.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+from .space import grid_points
+from .state import SEARCH_STATE, read_json, write_json
+from .study import Cell, Study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger(__name__)
+DONE = ("completed", "pruned", "failed")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+class StudySearcher(Searcher):
+    def __init__(self, study: Study, study_dir: Path) -> None:
+        super().__init__(metric=study.metric, mode="max")
+        self.study, self.study_dir = study, Path(study_dir)
+        self.state: dict[str, Any] = read_json(self.study_dir / SEARCH_STATE) or {
+            "trials": {}, "grid_next": {}}
+        self._optuna: dict[str, optuna.Study] = {}
+
+    # -- persistence -------------------------------------------------------------------------
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_optuna"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._optuna = {}
+
+    def _persist(self) -> None:
+        write_json(self.study_dir / SEARCH_STATE, self.state)
+
+    def save(self, checkpoint_path: str) -> None:
+        write_json(Path(checkpoint_path), self.state)
+
+    def restore(self, checkpoint_path: str) -> None:
+        # Our own file is written on every change: it is never older than Tune's snapshot.
+        self.state = read_json(self.study_dir / SEARCH_STATE) or read_json(Path(checkpoint_path))
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _trials(self, cell: Cell, phase: str) -> list[dict]:
+        return [t for t in self.state["trials"].values() if t["cell"] == cell.id and t["phase"] == phase]
+
+    def _sampler_study(self, cell: Cell) -> optuna.Study:
+        if cell.id not in self._optuna:
+            index = self.study.cells().index(cell)
+            self._optuna[cell.id] = optuna.create_study(
+                storage=f"sqlite:///{self.study_dir / 'optuna.db'}", study_name=cell.id,
+                direction="maximize", load_if_exists=True,
+                sampler=make_sampler(self.study.sampler, self.study.seed + index))
+        return self._optuna[cell.id]
+
+    def best_tune_trial(self, cell: Cell) -> dict | None:
+        """The completed tuning trial with the best selection metric (never a test metric)."""
+        done = [t for t in self._trials(cell, "tune") if t["status"] == "completed" and t["value"] is not None]
+        return max(done, key=lambda t: t["value"]) if done else None
+
+    def cell_status(self, cell: Cell) -> str:
+        tune_trials = self._trials(cell, "tune")
+        finals = self._trials(cell, "final")
+        if len(tune_trials) < self.study.budget(cell) or any(t["status"] not in DONE for t in tune_trials):
+            return "tuning"
+        if self.best_tune_trial(cell) is None:
+            return "failed"
+        if len(finals) < len(self.study.final_seeds) or any(t["status"] not in DONE for t in finals):
+            return "final"
+        return "done"
+
+    # -- Searcher API ------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | str | None:
+        cells = self.study.cells()
+        statuses = {c.id: self.cell_status(c) for c in cells}
+        if all(s in ("done", "failed") for s in statuses.values()):
+            return Searcher.FINISHED
+        # Final runs first (they finish cells), then the cell with the fewest tuning trials.
+        for cell in cells:
+            if statuses[cell.id] == "final" and len(self._trials(cell, "final")) < len(self.study.final_seeds):
+                return self._suggest_final(trial_id, cell)
+        open_cells = [c for c in cells if len(self._trials(c, "tune")) < self.study.budget(c)]
+        if not open_cells:
+            return None  # waiting for running trials
+        cell = min(open_cells, key=lambda c: len(self._trials(c, "tune")))
+        return self._suggest_tune(trial_id, cell)
+
+    def _suggest_tune(self, trial_id: str, cell: Cell) -> dict:
+        space = self.study.space(cell.method)
+        optuna_study = self._sampler_study(cell)
+        if self.study.sampler == "grid" or self.study.num_samples == "grid":
+            points = grid_points(space)
+            index = self.state["grid_next"].get(cell.id, 0)
+            self.state["grid_next"][cell.id] = index + 1
+            optuna_study.enqueue_trial(points[index] if points else {})
+        elif self.study.warm_start and not self._trials(cell, "tune"):
+            for params in self._warm_start_points(cell):
+                optuna_study.enqueue_trial(params)
+        trial = optuna_study.ask({k: d.distribution() for k, d in space.items()})
+        params = dict(trial.params)
+        return self._register(trial_id, cell, "tune", params, trial.number, None)
+
+    def _warm_start_points(self, cell: Cell) -> list[dict]:
+        """Best configs of other cells of the same method (beyond the study)."""
+        points = []
+        for other in self.study.cells():
+            if other.method == cell.method and other != cell:
+                best = self.best_tune_trial(other)
+                if best is not None and best["params"] not in points:
+                    points.append(best["params"])
+        return points
+
+    def _suggest_final(self, trial_id: str, cell: Cell) -> dict:
+        best = self.best_tune_trial(cell)
+        seed = self.study.final_seeds[len(self._trials(cell, "final"))]
+        return self._register(trial_id, cell, "final", best["params"], None, seed,
+                              selected_from=best["trial_id"])
+
+    def _register(self, trial_id: str, cell: Cell, phase: str, params: dict, number: int | None,
+                  seed: int | None, selected_from: str | None = None) -> dict:
+        self.state["trials"][trial_id] = {
+            "trial_id": trial_id, "cell": cell.id, "phase": phase, "params": params, "number": number,
+            "seed": seed, "status": "running", "value": None, "epochs": 0, "seconds": 0.0,
+            "selected_from": selected_from, "metrics": {}}
+        self._persist()
+        return {"cell": cell.id, "phase": phase, "params": params, "study_dir": str(self.study_dir),
+                "train": self.study.trial_config(cell, params, phase, seed)}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        record = self.state["trials"].get(trial_id)
+        if record is None or record["status"] in DONE:
+            return
+        record["epochs"] = int(result.get("epoch", record["epochs"]))
+        record["seconds"] = float(result.get("trial_seconds", record["seconds"]))
+        record["metrics"] = {k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_"))
+                             and isinstance(v, (int, float))}
+        if self.metric in result and record["phase"] == "tune":
+            record["value"] = float(result[self.metric])
+            if record["number"] is not None:
+                self._optuna_trial(record).report(record["value"], record["epochs"])
+        self._persist()
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        record = self.state["trials"].get(trial_id)
+        if record is None or record["status"] in DONE:
+            return  # already finished before a resume: never counted twice
+        if result:
+            self.on_trial_result(trial_id, result)
+        epochs = self.study.trial_config(self._cell(record), record["params"], record["phase"])["epoch"]
+        if error:
+            record["status"] = "failed"
+        elif record["epochs"] < epochs:
+            record["status"] = "pruned"
+        else:
+            record["status"] = "completed"
+        if record["number"] is not None:
+            self._tell(record)
+        self._persist()
+
+    def _cell(self, record: dict) -> Cell:
+        dataset, method = record["cell"].rsplit("/", 1)
+        return Cell(dataset, method)
+
+    def _optuna_trial(self, record: dict) -> optuna.Trial:
+        """The running Optuna trial behind a record (Optuna keys trials by storage id)."""
+        optuna_study = self._sampler_study(self._cell(record))
+        storage_id = optuna_study._storage.get_trial_id_from_study_id_trial_number(
+            optuna_study._study_id, record["number"])
+        return optuna.Trial(optuna_study, storage_id)
+
+    def _tell(self, record: dict) -> None:
+        optuna_study = self._sampler_study(self._cell(record))
+        state = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+                 "failed": optuna.trial.TrialState.FAIL}[record["status"]]
+        value = record["value"] if state == optuna.trial.TrialState.COMPLETE else None
+        try:
+            optuna_study.tell(record["number"], value, state=state)
+        except (ValueError, RuntimeError) as err:  # already told before a crash
+            log.debug("optuna tell skipped for %s: %s", record["trial_id"], err)

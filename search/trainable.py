@@ -1,0 +1,43 @@
+"""The trial: ``peft_core.train`` wrapped as a Ray Tune function trainable.
+
+It reports every evaluation (with a checkpoint) through ``tune.report`` and resumes from
+``tune.get_checkpoint()``; the driver owns scheduling and logging.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from peft_core.train import TrainConfig, train
+
+from .state import trial_finished
+
+
+def run_trial(config: dict) -> None:
+    trial_id = tune.get_context().get_trial_id()
+    if trial_finished(config["study_dir"], trial_id):
+        return  # finished before the driver died: a resumed study never reruns it
+    torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+    train_config = TrainConfig(**config["train"])
+    start = time.time()
+    resume_dir = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="peft-resume-"))
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(folder, resume_dir, dirs_exist_ok=True)
+
+    def report(metrics: dict, folder: Path | None) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
+        tune.report({**metrics, "trial_seconds": time.time() - start}, checkpoint=ckpt)
+
+    try:
+        train(train_config, report, resume_from=resume_dir)
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
