@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands.status)
 
+    p = sub.add_parser("export", help="per cell: runnable YAML, adapter, merged weights")
+    p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=commands.export)
+
     p = sub.add_parser("data", help="build the bundled mini-VTAB tasks in the VTAB-1K layout")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=commands.data)

@@ -119,6 +119,14 @@ def _print_status(summary: dict, study_dir: Path) -> None:
               f"{info['best_params'] or ''}")
 
 
+def export(args: argparse.Namespace) -> int:
+    from .export import export_study
+    for cell, info in export_study(args.study_dir, args.out).items():
+        merged = " + merged weights" if info["merged"] else ""
+        print(f"{cell}: {info['folder']} (test top-1 {info.get('test_top1', float('nan')):.2f}{merged})")
+    return 0
+
+
 def data(args: argparse.Namespace) -> int:
     from peft_core.data.minivtab import build_minivtab
     print(build_minivtab(args.out))

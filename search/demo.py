@@ -1,42 +1,48 @@
-"""``make demo`` until the search service lands: the study's methods on its three backbones.
+"""``make demo``: the main job on an embedded default, on a CPU, offline.
 
-Prints, for every method, its inserted parameters on ViT-B/16 IN-21K, DINOv2 ViT-B/14 and the
-CLIP ViT-B/16 tower (counted on the meta device: no weights, no memory), then checks on a tiny
-ViT that every mergeable method folds into plain weights with unchanged outputs.
+Builds mini-VTAB from bundled real data, runs ``spaces/demo.yaml`` (the shipped pretrained tiny
+ViT; 3 tasks x 5 methods; TPE + per-cell ASHA; a final run per cell) with a local Ray and a
+local MLflow store in a fresh study folder, then prints the comparison table.
 """
 from __future__ import annotations
 
-import torch
+import time
+from pathlib import Path
 
-import peft_core
+from peft_core.data.minivtab import build_minivtab
 
-from .commands import count_params
+from .driver import run_study, summarize
+from .study import load_study
 
-_BACKBONES = ["vit_b16_in21k", "dinov2_vitb14", "clip_vitb16"]
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "spaces" / "demo.yaml"
 
 
-def _merge_check(method: str) -> float:
-    """Max |output difference| between the model with ``method`` attached and its merge."""
-    torch.manual_seed(0)
-    model = peft_core.apply(peft_core.build_backbone("tiny_vit_b16_in21k", 10), method)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))  # trained-looking weights, not the init
-    model.eval()
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        before = model(x)
-        return (peft_core.merge(model)(x) - before).abs().max().item()
+def comparison_table(study_dir: Path, datasets: list[str], methods: list[str]) -> str:
+    """Markdown: a row per method, test top-1 per task and the mean (missing shows as '-')."""
+    cells = summarize(study_dir)["cells"]
+    lines = ["| method | " + " | ".join(datasets) + " | mean |", "|---" * (len(datasets) + 2) + "|"]
+    for method in methods:
+        scores = []
+        for dataset in datasets:
+            tests = [t for t in cells.get(f"{dataset}/{method}", {}).get("test_top1", []) if t is not None]
+            scores.append(sum(tests) / len(tests) if tests else None)
+        shown = [f"{s:.1f}" if s is not None else "-" for s in scores]
+        present = [s for s in scores if s is not None]
+        mean = f"{sum(present) / len(present):.1f}" if present else "-"
+        lines.append(f"| {method} | " + " | ".join(shown) + f" | {mean} |")
+    return "\n".join(lines)
 
 
 def run_demo() -> int:
-    table = peft_core.methods()
-    print(f"{'method':15s}" + "".join(f"{b:>16s}" for b in _BACKBONES) + "   merge")
-    for name, info in table.items():
-        counts = [count_params(name, b, 100, {})["inserted_params"] for b in _BACKBONES]
-        merge = f"ok (max diff {_merge_check(name):.1e})" if info["mergeable"] else "-"
-        print(f"{name:15s}" + "".join(f"{c:>16,d}" for c in counts) + f"   {merge}", flush=True)
-    print("\nCounts use each method's default hyper-parameters; `peft-search params --method M "
-          "--set key=value` for others, `peft-search methods` for the paper's grids.")
+    study = load_study(DEMO, check_data=False)
+    build_minivtab(REPO / "data" / "minivtab", list(study.datasets))
+    out = REPO / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    start = time.time()
+    study_dir = run_study(DEMO, out)
+    print(f"\nmini-VTAB test top-1 (final run of each cell's best config), {time.time() - start:.0f} s:")
+    print(comparison_table(study_dir, list(study.datasets), study.methods))
+    print(f"\nStudy folder: {study_dir}\n"
+          f"Browse it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
+          f"sqlite:///{study_dir / 'mlflow.db'}   (then open http://127.0.0.1:5000)")
     return 0

@@ -22,6 +22,11 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def trial_dirname(trial) -> str:
+    """Short, stable trial folders (Tune's default name embeds the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _progress_callback(study_dir: Path):
     from ray.tune import Callback
 
@@ -89,7 +94,8 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
         _trainable(study),
         tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
                                     scheduler=CellASHA(study, study_dir), num_samples=-1,
-                                    max_concurrent_trials=study.max_concurrent),
+                                    max_concurrent_trials=study.max_concurrent,
+                                    trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=_run_config(study, study_dir, uri))
     tuner.fit()
     return study_dir
@@ -145,7 +151,8 @@ def summarize(study_dir: Path) -> dict:
             "done": done, "trials": len(tuned), "budget": budget,
             "best_val": best["value"] if best else None, "best_params": best["params"] if best else None,
             "test_top1": [t["metrics"].get("test_top1") for t in finals_done],
-            "epochs": sum(t["epochs"] for t in mine), "seconds": sum(t["seconds"] for t in mine)}
+            "epochs": sum(t["epochs"] for t in mine), "tune_epochs": sum(t["epochs"] for t in tuned),
+            "seconds": sum(t["seconds"] for t in mine)}
     seen: dict[str, int] = {}
     for t in trials:
         if t["phase"] == "tune":

@@ -7,6 +7,7 @@ When a cell's tuning ends, its final run(s) are suggested like any other trial.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from .sampling import CellSampler, make_sampler
 from .space import grid_points
 from .state import SEARCH_STATE, read_json, write_json
 from .study import Cell, Study
@@ -23,12 +25,13 @@ log = logging.getLogger(__name__)
 DONE = ("completed", "pruned", "failed")
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+def tune_trial_ids(experiment_dir: Path) -> set[str]:
+    """Trial ids in Tune's newest experiment snapshot (what a restored Tune will run)."""
+    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not snapshots:
+        return set()
+    trial_data = json.loads(snapshots[-1].read_text())["trial_data"]
+    return {json.loads(trial_state)["trial_id"] for trial_state, _ in trial_data}
 
 
 class StudySearcher(Searcher):
@@ -37,15 +40,15 @@ class StudySearcher(Searcher):
         self.study, self.study_dir = study, Path(study_dir)
         self.state: dict[str, Any] = read_json(self.study_dir / SEARCH_STATE) or {
             "trials": {}, "grid_next": {}}
-        self._optuna: dict[str, optuna.Study] = {}
+        self._samplers: dict[str, CellSampler] = {}
 
     # -- persistence -------------------------------------------------------------------------
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_optuna"}
+        return {k: v for k, v in self.__dict__.items() if k != "_samplers"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._optuna = {}
+        self._samplers = {}
 
     def _persist(self) -> None:
         write_json(self.study_dir / SEARCH_STATE, self.state)
@@ -56,6 +59,24 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         # Our own file is written on every change: it is never older than Tune's snapshot.
         self.state = read_json(self.study_dir / SEARCH_STATE) or read_json(Path(checkpoint_path))
+        known = tune_trial_ids(Path(checkpoint_path).parent)
+        for trial_id, record in list(self.state["trials"].items()):
+            if record["status"] not in DONE and trial_id not in known:
+                self._forget(trial_id, record)
+        self._persist()
+
+    def _forget(self, trial_id: str, record: dict) -> None:
+        """A trial suggested just before a crash that Tune never recorded: hand its point out
+        again (grid) and close its Optuna trial."""
+        del self.state["trials"][trial_id]
+        if record["phase"] == "tune":
+            self.state.setdefault("requeue", {}).setdefault(record["cell"], []).append(record["params"])
+            if record["number"] is not None:
+                try:
+                    self._sampler_study(self._cell(record)).tell(
+                        record["number"], state=optuna.trial.TrialState.FAIL)
+                except (ValueError, RuntimeError):
+                    pass
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
@@ -64,14 +85,19 @@ class StudySearcher(Searcher):
     def _trials(self, cell: Cell, phase: str) -> list[dict]:
         return [t for t in self.state["trials"].values() if t["cell"] == cell.id and t["phase"] == phase]
 
-    def _sampler_study(self, cell: Cell) -> optuna.Study:
-        if cell.id not in self._optuna:
-            index = self.study.cells().index(cell)
-            self._optuna[cell.id] = optuna.create_study(
+    def _sampler(self, cell: Cell) -> CellSampler:
+        if cell.id not in self._samplers:
+            seed = self.study.seed + self.study.cells().index(cell)
+            space = self.study.space(cell.method)
+            optuna_study = optuna.create_study(
                 storage=f"sqlite:///{self.study_dir / 'optuna.db'}", study_name=cell.id,
                 direction="maximize", load_if_exists=True,
-                sampler=make_sampler(self.study.sampler, self.study.seed + index))
-        return self._optuna[cell.id]
+                sampler=make_sampler(self.study.sampler, seed, len(grid_points(space)) or None))
+            self._samplers[cell.id] = CellSampler(optuna_study, space, seed)
+        return self._samplers[cell.id]
+
+    def _sampler_study(self, cell: Cell) -> optuna.Study:
+        return self._sampler(cell).study
 
     def best_tune_trial(self, cell: Cell) -> dict | None:
         """The completed tuning trial with the best selection metric (never a test metric)."""
@@ -106,17 +132,20 @@ class StudySearcher(Searcher):
         return self._suggest_tune(trial_id, cell)
 
     def _suggest_tune(self, trial_id: str, cell: Cell) -> dict:
-        space = self.study.space(cell.method)
-        optuna_study = self._sampler_study(cell)
-        if self.study.sampler == "grid" or self.study.num_samples == "grid":
-            points = grid_points(space)
+        sampler = self._sampler(cell)
+        requeued = self.state.setdefault("requeue", {}).get(cell.id)
+        warm = self._warm_start_points(cell) if self.study.warm_start else []
+        fixed = None
+        if requeued:
+            fixed = requeued.pop(0)
+        elif self.study.sampler == "grid" or self.study.num_samples == "grid":
+            points = grid_points(self.study.space(cell.method)) or [{}]
             index = self.state["grid_next"].get(cell.id, 0)
             self.state["grid_next"][cell.id] = index + 1
-            optuna_study.enqueue_trial(points[index] if points else {})
-        elif self.study.warm_start and not self._trials(cell, "tune"):
-            for params in self._warm_start_points(cell):
-                optuna_study.enqueue_trial(params)
-        trial = optuna_study.ask({k: d.distribution() for k, d in space.items()})
+            fixed = points[index]
+        elif len(self._trials(cell, "tune")) < len(warm):
+            fixed = warm[len(self._trials(cell, "tune"))]
+        trial = sampler.ask(fixed)
         params = dict(trial.params)
         return self._register(trial_id, cell, "tune", params, trial.number, None)
 
@@ -164,7 +193,7 @@ class StudySearcher(Searcher):
         record = self.state["trials"].get(trial_id)
         if record is None or record["status"] in DONE:
             return  # already finished before a resume: never counted twice
-        if result:
+        if result and int(result.get("epoch", -1)) != record["epochs"]:
             self.on_trial_result(trial_id, result)
         epochs = self.study.trial_config(self._cell(record), record["params"], record["phase"])["epoch"]
         if error:

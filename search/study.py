@@ -199,7 +199,7 @@ def load_study(path: str | Path, check_data: bool = True) -> Study:
     checkpoint = raw.get("checkpoint")
     if checkpoint is not None:
         checkpoint = str((source.parent / c.typed("checkpoint", checkpoint, str)).resolve())
-        if not Path(checkpoint).is_file():
+        if check_data and not Path(checkpoint).is_file():
             raise c.fail("checkpoint", f"file not found: {checkpoint}")
 
     methods = c.typed("methods", raw.get("methods"), list)

@@ -1,0 +1,109 @@
+"""SIGKILL the driver mid-study, resume, and check by trial id that nothing was rerun or lost."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from peft_core.train import TrainConfig, train
+from search.driver import summarize
+from search.state import SEARCH_STATE, read_json
+
+EPOCHS = 6
+
+
+def cli(*args, **popen):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env,
+                            start_new_session=True, **popen)
+
+
+def state(study_dir):
+    return (read_json(study_dir / SEARCH_STATE) or {"trials": {}})["trials"]
+
+
+def kill_group(proc):
+    """The driver is SIGKILLed (the crash); then whatever it started is stopped by its group id."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab, mlflow_server):
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "kill-resume", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+        "datasets": ["digits"], "methods": ["lora"],
+        "train": {"epoch": EPOCHS, "warmup_epoch": 1, "pretrained": False, "eval_freq": 1},
+        "spaces": {"lora": {"lr": {"grid": [0.001, 0.01]}, "lora_bottleneck": {"grid": [1, 8]}}},
+        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 2, "asha": None},
+        "resources": {"cpu": 1}, "mlflow": {"tracking_uri": mlflow_server}}))
+    study_dir = tmp_path / "out"
+    log = open(tmp_path / "driver.log", "w")
+    driver = cli("run", str(study_file), "--out", str(study_dir), stdout=log, stderr=log)
+    deadline = time.time() + 300
+    try:
+        while True:  # kill once a trial is done and another is part-way with a checkpoint
+            trials = state(study_dir).values()
+            done = [t for t in trials if t["status"] == "completed"]
+            midway = [t for t in trials if t["status"] == "running" and 2 <= t["epochs"] < EPOCHS - 1]
+            if done and midway:
+                break
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "study never reached the kill point"
+            time.sleep(0.1)
+    finally:
+        kill_group(driver)
+    before = json.loads(json.dumps(state(study_dir)))
+    finished_before = {k: v for k, v in before.items() if v["status"] == "completed"}
+    interrupted = {k: v for k, v in before.items() if v["status"] == "running" and v["epochs"] >= 2}
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("kill-resume").experiment_id
+
+    def run_of(trial_id):
+        runs = client.search_runs([experiment], filter_string=f"tags.trial_id = '{trial_id}'")
+        assert len(runs) == 1, f"{len(runs)} MLflow runs for trial {trial_id}"
+        return runs[0]
+
+    history_before = {k: len(client.get_metric_history(run_of(k).info.run_id, "val_top1"))
+                      for k in finished_before}
+
+    resumed = cli("resume", str(study_dir), stdout=log, stderr=log)
+    try:
+        assert resumed.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        try:
+            os.killpg(resumed.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    after = state(study_dir)
+    summary = summarize(study_dir)
+    assert summary["cells_done"] == 1 and summary["trials_running"] == 0
+    assert summary["duplicate_trials"] == 0
+    grid = {(lr, r) for lr in (0.001, 0.01) for r in (1, 8)}
+    tuned = [(t["params"]["lr"], t["params"]["lora_bottleneck"]) for t in after.values() if t["phase"] == "tune"]
+    assert sorted(tuned) == sorted(grid)  # nothing lost, nothing twice
+    for trial_id, record in finished_before.items():  # finished trials were not rerun
+        assert after[trial_id]["value"] == record["value"] and after[trial_id]["epochs"] == record["epochs"]
+        history = client.get_metric_history(run_of(trial_id).info.run_id, "val_top1")
+        assert len(history) == history_before[trial_id]
+    for trial_id, record in interrupted.items():  # continued from its checkpoint, not from scratch
+        assert after[trial_id]["status"] == "completed" and after[trial_id]["epochs"] == EPOCHS
+        results = [json.loads(line) for line in
+                   (study_dir / "ray" / "tune" / f"trial_{trial_id}" / "result.json").read_text().splitlines()]
+        restarts = [r["epoch"] for r in results if r["iterations_since_restore"] == 1]
+        assert len(restarts) == 2 and restarts[1] > 1, restarts  # the second start began past epoch 1
+        steps = {m.step for m in client.get_metric_history(run_of(trial_id).info.run_id, "val_top1")}
+        assert steps == set(range(1, EPOCHS + 1))
+        # same result as the uninterrupted run (fixed seed, CPU)
+        params = json.loads((study_dir / "ray" / "tune" / f"trial_{trial_id}" / "params.json").read_text())
+        uninterrupted = train(TrainConfig(**params["train"]))
+        assert after[trial_id]["value"] == pytest.approx(uninterrupted.metrics["val_top1"], abs=1e-9)

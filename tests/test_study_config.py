@@ -1,0 +1,165 @@
+"""Malformed study files: one line naming the file and the key, exit code 2, nothing written."""
+import copy
+
+import pytest
+import yaml
+
+from search.cli import main
+from search.study import load_study
+
+
+@pytest.fixture
+def base(minivtab):
+    return {
+        "name": "bad", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+        "datasets": ["digits"], "methods": ["linear", "lora"],
+        "train": {"epoch": 3, "warmup_epoch": 1, "pretrained": False},
+        "spaces": {"lora": {"lr": {"loguniform": [0.0001, 0.01]}, "lora_bottleneck": {"choice": [1, 8]}}},
+        "search": {"sampler": "tpe", "num_samples": 2, "asha": {"grace_period": 1, "max_t": 3}},
+    }
+
+
+def mutate(study, path, value):
+    """Set (or with value=DELETE remove) the dotted ``path`` in a copy of ``study``."""
+    study = copy.deepcopy(study)
+    *parents, last = path.split(".")
+    node = study
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is DELETE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return study
+
+
+DELETE = object()
+CASES = [  # (dotted path, new value, the key the message must name, a word it must contain)
+    ("colour", "blue", "colour", "unknown key"),
+    ("search.samplr", "tpe", "search.samplr", "unknown key"),
+    ("search.asha.patience", 3, "search.asha.patience", "unknown key"),
+    ("train.learning_rate", 0.1, "train.learning_rate", "unknown key"),
+    ("mlflow.uri", "http://x", "mlflow.uri", "unknown key"),
+    ("search.num_samples", "many", "search.num_samples", "expected int"),
+    ("search.num_samples", 0, "search.num_samples", ">= 1"),
+    ("search.max_concurrent", 1.5, "search.max_concurrent", "expected int"),
+    ("search.sampler", "bayes", "search.sampler", "unknown sampler"),
+    ("train.epoch", -1, "train.epoch", "invalid"),
+    ("train.lr", "fast", "train.lr", "wrong type"),
+    ("spaces.lora.lr", {"loguniform": [0.01, 0.0001]}, "spaces.lora.lr.loguniform", "empty range"),
+    ("spaces.lora.lr", {"grid": []}, "spaces.lora.lr.grid", "non-empty list"),
+    ("spaces.lora.lr", {"normal": [0, 1]}, "spaces.lora.lr", "unknown space kind"),
+    ("spaces.lora.rank_size", {"grid": [1]}, "spaces.lora.rank_size", "unknown key"),
+    ("spaces.lora.lora_bottleneck", {"grid": [0, 8]}, "spaces.lora.lora_bottleneck", "int >= 1"),
+    ("spaces.lorra", {"lr": {"grid": [0.1]}}, "spaces.lorra", "unknown method"),
+    ("methods", ["linear", "lorra"], "methods[1]", "unknown method 'lorra'"),
+    ("methods", [], "methods", "non-empty list"),
+    ("datasets", ["digits", "imagenet"], "datasets.imagenet", "unknown dataset"),
+    ("data_root", "/nonexistent/data", "data_root", "data root not found"),
+    ("backbone", "resnet50", "backbone", "unknown backbone"),
+    ("include", ["methods/missing.yaml"], "include", "file not found"),
+    ("search.asha.grace_period", 5, "search.asha.grace_period", "must be below"),
+    ("search.sampler", "grid", "spaces.lora.lr", "grid search needs grid/choice"),
+    ("final.seeds", [], "final.seeds", "non-empty list"),
+    ("resources.gpu", -1, "resources.gpu", ">= 0"),
+    ("mlflow.tracking_uri", "ftp://server", "mlflow.tracking_uri", "unsupported URI"),
+]
+
+
+@pytest.mark.parametrize("path,value,key,word", CASES, ids=[f"{c[0]}={c[1]}" for c in CASES])
+def test_malformed_study_is_one_line_exit_2_and_writes_nothing(base, tmp_path, capsys, path, value, key, word):
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(mutate(base, path, value)))
+    out = tmp_path / "out"
+    assert main(["run", str(study_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(study_file.resolve()) in err[0] or str(study_file) in err[0]
+    assert f"{key}:" in err[0] and word in err[0], err[0]
+    assert not out.exists()
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text("name: x\nmethods: [lora\n")
+    assert main(["run", str(study_file), "--out", str(tmp_path / "out")]) == 2
+    assert f"{study_file.resolve()}:" in capsys.readouterr().err
+
+
+def test_include_cycle(base, tmp_path):
+    (tmp_path / "a.yaml").write_text("include: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(mutate(base, "include", ["a.yaml"])))
+    with pytest.raises(ValueError, match="include: cycle"):
+        load_study(study_file)
+
+
+def test_includes_merge_under_the_study(base, tmp_path):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "lora.yaml").write_text(
+        "spaces:\n  lora:\n    lr: {grid: [0.001, 0.01]}\n    lora_bottleneck: {grid: [1, 8, 16, 32]}\n")
+    study = mutate(base, "include", ["methods/lora.yaml"])
+    study["spaces"] = {"lora": {"lr": {"grid": [0.5]}}}  # the study's own value wins
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    loaded = load_study(tmp_path / "study.yaml")
+    assert loaded.spaces["lora"]["lr"].values == (0.5,)
+    assert loaded.spaces["lora"]["lora_bottleneck"].values == (1, 8, 16, 32)
+
+
+def test_unreachable_tracking_server_is_reported_before_any_trial(base, tmp_path, capsys):
+    from tests.conftest import free_port
+    study_file = tmp_path / "study.yaml"
+    uri = f"http://127.0.0.1:{free_port()}"
+    study_file.write_text(yaml.safe_dump(mutate(base, "mlflow", {"tracking_uri": uri})))
+    out = tmp_path / "out"
+    assert main(["run", str(study_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err and uri in err and not out.exists()
+
+
+SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "spaces"
+
+
+@pytest.mark.parametrize("name", ["demo", "vtab1k", "manyshot_cifar100", "manyshot_resisc45",
+                                  "manyshot_clevr", "clip_imagenet"])
+def test_shipped_studies_are_valid(name):
+    study = load_study(SPACES / f"{name}.yaml", check_data=False)
+    assert study.cells()
+
+
+def test_vtab1k_study_is_the_papers_9804_tuning_runs():
+    study = load_study(SPACES / "vtab1k.yaml", check_data=False)
+    assert len(study.datasets) == 19 and len(study.methods) == 16
+    assert sum(study.budget(c) for c in study.cells()) == 9_804
+
+
+def test_demo_has_at_least_five_methods_on_minivtab():
+    study = load_study(SPACES / "demo.yaml", check_data=False)
+    assert len(study.methods) >= 5 and study.backbone == "fmnist_vit_tiny"
+
+
+def test_method_files_carry_the_method_grids():
+    import peft_core
+    for method, info in peft_core.methods().items():
+        if method == "zero_shot":
+            continue
+        space = yaml.safe_load((SPACES / "methods" / f"{method}.yaml").read_text())["spaces"][method]
+        assert {k: v["grid"] for k, v in space.items() if k not in ("lr", "wd")} == info["grid"]
+        assert space["lr"]["grid"] == [0.001, 0.01] and space["wd"]["grid"] == [0.0001, 0.001]
+
+
+def test_cell_sampler_never_spends_a_trial_on_a_point_twice():
+    import optuna
+
+    from search.sampling import CellSampler, _key, make_sampler
+    from search.space import parse_dimension
+    space = {"lr": parse_dimension("lr", {"grid": [1, 2, 3]}), "r": parse_dimension("r", {"grid": [1, 2]})}
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", 0, 6))
+    sampler = CellSampler(study, space, 0)
+    seen = []
+    for _ in range(6):
+        trial = sampler.ask()
+        seen.append(_key(trial.params))
+        study.tell(trial, float(trial.params["lr"]))
+    assert len(set(seen)) == 6
