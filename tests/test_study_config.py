@@ -163,3 +163,21 @@ def test_cell_sampler_never_spends_a_trial_on_a_point_twice():
         seen.append(_key(trial.params))
         study.tell(trial, float(trial.params["lr"]))
     assert len(set(seen)) == 6
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes"])
+def test_every_sampler_proposes_points_inside_the_space(name):
+    import optuna
+
+    from search.sampling import CellSampler, make_sampler
+    from search.space import parse_dimension
+    space = {"lr": parse_dimension("lr", {"loguniform": [1e-4, 1e-2]}),
+             "wd": parse_dimension("wd", {"uniform": [0.0, 0.1]}),
+             "r": parse_dimension("r", {"choice": [4, 8]})}
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(name, 0))
+    sampler = CellSampler(study, space, 0)
+    for _ in range(12):
+        trial = sampler.ask()
+        p = trial.params
+        assert 1e-4 <= p["lr"] <= 1e-2 and 0.0 <= p["wd"] <= 0.1 and p["r"] in (4, 8)
+        study.tell(trial, -abs(p["lr"] - 1e-3))
