@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--cache-only", action="store_true", help="only time the feature cache")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -62,6 +63,8 @@ def main() -> None:
     cache = cache_speedup(args.data)
     print(f"feature cache: linear probe 100 epochs {cache['uncached_s']:.1f}s -> {cache['cached_s']:.1f}s "
           f"({cache['speedup']:.1f}x), val top-1 {cache['val_top1']}", flush=True)
+    if args.cache_only:
+        return
     table = {}
     print("| method | " + " | ".join(args.tasks) + " | mean |\n|---|" + "---|" * (len(args.tasks) + 1))
     for method in args.methods:

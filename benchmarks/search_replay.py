@@ -3,8 +3,11 @@
 For every cell (task x method) of a ``tune_summary.csv`` tree (the study's released layout), the
 cell's grid is searched again by ``search.sampling.CellSampler`` (TPE as the service configures
 it), looking results up in the table instead of training. Printed per cell: the fraction of the
-grid evaluated before reaching the grid's best val top-1 within 0.5 points, for TPE (mean over
-seeds) and for random order (exact expectation). The last line is JSON with ``median_fraction``.
+grid evaluated before reaching the grid's best val top-1 within 0.5 points, for cold TPE, for TPE
+with the searcher's warm start (points ranked by how well they did for the same method on the
+other tasks, this task left out), and for random order (exact expectation). The last line is JSON:
+``median_fraction`` (warm-started TPE, the service's configuration with ``warm_start: true``),
+``median_fraction_cold`` and ``median_random``.
 
     python benchmarks/search_replay.py --tune-output ../shared/fixtures/petl_tune_output [--json]
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import optuna
 
-from search.sampling import CellSampler, _key, make_sampler
+from search.sampling import CellSampler, _key, make_sampler, warm_limit, warm_start_points
 from search.space import Dimension
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -43,15 +46,18 @@ def space_of(table) -> dict[str, Dimension]:
     return {k: Dimension("grid", tuple(sorted({p[k] for p, _ in table.values()}, key=str))) for k in keys}
 
 
-def tpe_fraction(table, seed: int) -> float:
+def tpe_fraction(table, seed: int, warm: list[dict] | None = None) -> float:
+    """Fraction of the grid evaluated until within TOLERANCE of its best; ``warm``: points asked
+    first, as the searcher's warm start does (best configs of the same method elsewhere)."""
     space = space_of(table)
     best = max(v for _, v in table.values())
     study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", seed, len(table)))
     sampler = CellSampler(study, space, seed)
     sampler.points = [p for p, _ in table.values()]  # only points the study actually ran
+    queue = [p for p in (warm or []) if _key(p) in table]
     evaluated = 0
     for _ in range(20 * len(table)):
-        trial = sampler.ask()
+        trial = sampler.ask(queue.pop(0) if queue else None)
         key = _key(trial.params)
         if key not in table:  # outside the released grid: not a trial, not counted
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -77,16 +83,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    cells = {}
-    for summary in sorted(args.tune_output.rglob("tune_summary.csv")):
-        table = read_table(summary)
-        cell = f"{summary.parent.parent.name}/{summary.parent.name}"
-        tpe = statistics.mean(tpe_fraction(table, seed) for seed in range(args.seeds))
-        cells[cell] = {"grid": len(table), "tpe": tpe, "random": random_fraction(table)}
-        print(f"{cell:32s} grid {len(table):3d}  tpe {tpe:.3f}  random {cells[cell]['random']:.3f}", flush=True)
-    if not cells:
+    tables = {f"{p.parent.parent.name}/{p.parent.name}": read_table(p)
+              for p in sorted(args.tune_output.rglob("tune_summary.csv"))}
+    if not tables:
         raise SystemExit(f"no tune_summary.csv under {args.tune_output}")
-    result = {"median_fraction": statistics.median(c["tpe"] for c in cells.values()),
+    cells = {}
+    for cell, table in tables.items():
+        task, method = cell.split("/")
+        # Warm start from the same method on the other tasks (this task left out).
+        others = [list(t.values()) for c, t in tables.items()
+                  if c.endswith(f"/{method}") and not c.startswith(f"{task}/")]
+        warm = warm_start_points(others, warm_limit(len(table)))
+        cold = statistics.mean(tpe_fraction(table, seed) for seed in range(args.seeds))
+        warmed = statistics.mean(tpe_fraction(table, seed, warm) for seed in range(args.seeds))
+        cells[cell] = {"grid": len(table), "tpe": cold, "tpe_warm": warmed, "random": random_fraction(table)}
+        print(f"{cell:32s} grid {len(table):3d}  tpe {cold:.3f}  tpe+warm start {warmed:.3f}  "
+              f"random {cells[cell]['random']:.3f}", flush=True)
+    result = {"median_fraction": statistics.median(c["tpe_warm"] for c in cells.values()),
+              "median_fraction_cold": statistics.median(c["tpe"] for c in cells.values()),
               "median_random": statistics.median(c["random"] for c in cells.values()),
               "cells": len(cells), "seeds": args.seeds, "tolerance": TOLERANCE}
     if args.json:

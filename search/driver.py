@@ -34,17 +34,17 @@ def _progress_callback(study_dir: Path):
         """One line per finished trial: cells done, trials running/done/pruned/failed, best."""
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.show()
+            self.show(trial.config.get("cell", ""))
 
         on_trial_error = on_trial_complete
 
-        def show(self):
+        def show(self, cell: str):
             summary = summarize(study_dir)
-            best = ", ".join(f"{c}={v:.1f}" for c, v in summary["best"].items() if v is not None)
+            best = summary["best"].get(cell)
             print(f"[peft-search] cells {summary['cells_done']}/{len(summary['cells'])} | trials "
                   f"running {summary['trials_running']} done {summary['trials_completed']} pruned "
-                  f"{summary['trials_pruned']} failed {summary['trials_failed']} | best {best or '-'}",
-                  file=sys.stderr, flush=True)
+                  f"{summary['trials_pruned']} failed {summary['trials_failed']} | best so far "
+                  f"{cell}: {'-' if best is None else f'{best:.1f}'}", file=sys.stderr, flush=True)
     return Progress()
 
 

@@ -30,6 +30,28 @@ def make_sampler(name: str, seed: int, space_size: int | None = None) -> optuna.
                                       constant_liar=True)
 
 
+def warm_limit(space_size: int) -> int:
+    """How many transferred points a cell tries before its own sampler takes over."""
+    return max(1, space_size // 8)
+
+
+def warm_start_points(histories: list[list[tuple[dict, float]]], limit: int) -> list[dict]:
+    """Points to try first in a cell, from finished cells of the same method elsewhere.
+
+    Each history is ``[(params, value), ...]``; points are ranked by their mean percentile
+    across histories (a point that is good on most other datasets first), up to ``limit``.
+    """
+    percentiles: dict[str, list[float]] = {}
+    params_of: dict[str, dict] = {}
+    for history in histories:
+        ranked = sorted(history, key=lambda pv: pv[1])
+        for position, (params, _) in enumerate(ranked, start=1):
+            percentiles.setdefault(_key(params), []).append(position / len(ranked))
+            params_of[_key(params)] = params
+    order = sorted(percentiles, key=lambda k: -sum(percentiles[k]) / len(percentiles[k]))
+    return [params_of[k] for k in order[:limit]]
+
+
 def _key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 

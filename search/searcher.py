@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from .sampling import CellSampler, make_sampler
+from .sampling import CellSampler, make_sampler, warm_limit, warm_start_points
 from .space import grid_points
 from .state import SEARCH_STATE, read_json, write_json
 from .study import Cell, Study
@@ -150,14 +150,12 @@ class StudySearcher(Searcher):
         return self._register(trial_id, cell, "tune", params, trial.number, None)
 
     def _warm_start_points(self, cell: Cell) -> list[dict]:
-        """Best configs of other cells of the same method (beyond the study)."""
-        points = []
-        for other in self.study.cells():
-            if other.method == cell.method and other != cell:
-                best = self.best_tune_trial(other)
-                if best is not None and best["params"] not in points:
-                    points.append(best["params"])
-        return points
+        """Points that did well for the same method on the other datasets (beyond the study)."""
+        histories = [[(t["params"], t["value"]) for t in self._trials(other, "tune")
+                      if t["status"] == "completed" and t["value"] is not None]
+                     for other in self.study.cells() if other.method == cell.method and other != cell]
+        size = len(grid_points(self.study.space(cell.method))) or self.study.budget(cell)
+        return warm_start_points([h for h in histories if h], warm_limit(size))
 
     def _suggest_final(self, trial_id: str, cell: Cell) -> dict:
         best = self.best_tune_trial(cell)

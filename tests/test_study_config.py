@@ -181,3 +181,11 @@ def test_every_sampler_proposes_points_inside_the_space(name):
         p = trial.params
         assert 1e-4 <= p["lr"] <= 1e-2 and 0.0 <= p["wd"] <= 0.1 and p["r"] in (4, 8)
         study.tell(trial, -abs(p["lr"] - 1e-3))
+
+
+def test_warm_start_ranks_points_by_how_they_did_elsewhere():
+    from search.sampling import warm_start_points
+    a, b, c = {"lr": 1}, {"lr": 2}, {"lr": 3}
+    histories = [[(a, 50.0), (b, 70.0), (c, 60.0)], [(a, 40.0), (b, 45.0), (c, 44.0)]]
+    assert warm_start_points(histories, 2) == [b, c]
+    assert warm_start_points([], 3) == []
