@@ -6,9 +6,16 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test bench clean
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-install: $(STAMP)
+.PHONY: install demo test bench clean fashion-mnist
+
+install: $(STAMP) fashion-mnist
+
+# Fashion-MNIST (real data, offline) comes from Debian's dataset-fashion-mnist package.
+fashion-mnist:
+	@test -f $(FASHION) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "warning: install the Debian package dataset-fashion-mnist for the Fashion-MNIST tasks"
 
 # Re-installs only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
@@ -17,10 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: install
 	$(BIN)/peft-search demo
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

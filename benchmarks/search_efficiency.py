@@ -19,8 +19,7 @@ import yaml
 from peft_core.data.minivtab import build_minivtab
 from search.driver import run_study, summarize
 
-GRID = {"lr": {"grid": [0.001, 0.003, 0.01]}, "wd": {"grid": [0.0001, 0.001]},
-        "lora_bottleneck": {"grid": [1, 4, 8, 16]}}
+GRID = {"lr": {"grid": [0.001, 0.003, 0.01]}, "lora_bottleneck": {"grid": [1, 4, 8, 16]}}
 
 
 def study(data: Path, datasets: list[str], epochs: int, search: dict) -> dict:
@@ -42,9 +41,9 @@ def run(folder: Path, config: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/minivtab"))
-    parser.add_argument("--datasets", nargs="+", default=["digits", "digits_rot"])
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--datasets", nargs="+", default=["digits_rot"])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     build_minivtab(args.data, args.datasets)
