@@ -73,7 +73,7 @@ def test_merge_of_a_plain_model(vit):
 def test_aliases_resolve_to_the_study_keys(vit):
     peft_core.apply(vit, "lora", rank=4)
     assert peft_core.config_of(vit).lora_bottleneck == 4
-    assert vit.blocks[0].attn.qkv.delta.lora_A.out_features == 4
+    assert vit.blocks[0].attn.qkv.delta.down.out_features == 4
 
 
 def test_unknown_backbone():
