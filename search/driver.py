@@ -48,7 +48,7 @@ def _progress_callback(study_dir: Path):
     return Progress()
 
 
-def _ray_init(study: Study) -> None:
+def _ray_init() -> None:
     import ray
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
@@ -89,7 +89,7 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
     shutil.copy(study.source, study_dir / STUDY_COPY)
     (study_dir / "source.txt").write_text(str(study.source))
     (study_dir / "tracking_uri.txt").write_text(uri)
-    _ray_init(study)
+    _ray_init()
     tuner = tune.Tuner(
         _trainable(study),
         tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
@@ -117,7 +117,7 @@ def resume_study(study_dir: Path) -> Path:
     study_dir = Path(study_dir).resolve()
     study, uri = load_study_dir(study_dir)
     check_tracking_server(uri)
-    _ray_init(study)
+    _ray_init()
     tuner = tune.Tuner.restore(str(study_dir / "ray" / EXPERIMENT), trainable=_trainable(study),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
     tuner.fit()

@@ -17,6 +17,13 @@ def _blocks(model, method: str, key: str, indices: list[int]):
 
 
 
+def _train_parts(model, method: str, key: str, indices: list[int], branch: str, parts: list[str]) -> None:
+    """Unfreeze ``parts`` (e.g. qkv, proj) of ``block.<branch>`` for the listed blocks."""
+    for block in _blocks(model, method, key, indices):
+        for part in parts:
+            getattr(getattr(block, branch), part).requires_grad_(True)
+
+
 @register_method
 @dataclass
 class AttnTune(MethodConfig):
@@ -28,9 +35,7 @@ class AttnTune(MethodConfig):
 
     def attach(self, model) -> None:
         parts = ["qkv", "proj"] if self.attention_type == "both" else [self.attention_type]
-        for block in _blocks(model, self.name, "attention_index", self.attention_index):
-            for part in parts:
-                getattr(block.attn, part).requires_grad_(True)
+        _train_parts(model, self.name, "attention_index", self.attention_index, "attn", parts)
 
 
 @register_method
@@ -44,9 +49,7 @@ class MlpTune(MethodConfig):
 
     def attach(self, model) -> None:
         parts = ["fc1", "fc2"] if self.mlp_type == "both" else [self.mlp_type]
-        for block in _blocks(model, self.name, "mlp_index", self.mlp_index):
-            for part in parts:
-                getattr(block.mlp, part).requires_grad_(True)
+        _train_parts(model, self.name, "mlp_index", self.mlp_index, "mlp", parts)
 
 
 @register_method
