@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=commands.export)
 
+    p = sub.add_parser("import-petl", help="import the study's released tune_output into MLflow")
+    p.add_argument("tune_output", type=Path, metavar="TUNE_OUTPUT_DIR")
+    p.add_argument("--tracking-uri", required=True)
+    p.add_argument("--experiment", required=True)
+    p.set_defaults(func=commands.import_petl)
+
     p = sub.add_parser("data", help="build the bundled mini-VTAB tasks in the VTAB-1K layout")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=commands.data)

@@ -127,6 +127,15 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_petl(args: argparse.Namespace) -> int:
+    from .importer import import_petl as run_import
+    from .tracking import check_tracking_server
+    check_tracking_server(args.tracking_uri)
+    written = run_import(args.tune_output, args.tracking_uri, args.experiment)
+    print(f"imported {len(written)} cells, {sum(written.values())} runs into experiment '{args.experiment}'")
+    return 0
+
+
 def data(args: argparse.Namespace) -> int:
     from peft_core.data.minivtab import build_minivtab
     print(build_minivtab(args.out))
