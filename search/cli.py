@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=commands.export)
 
+    p = sub.add_parser("report", help="the study's tables (CSV, Markdown, LaTeX) and figures (PNG)")
+    p.add_argument("study_dir", type=Path, nargs="?", metavar="STUDY_DIR")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--experiment")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=commands.report)
+
     p = sub.add_parser("import-petl", help="import the study's released tune_output into MLflow")
     p.add_argument("tune_output", type=Path, metavar="TUNE_OUTPUT_DIR")
     p.add_argument("--tracking-uri", required=True)

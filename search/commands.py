@@ -127,6 +127,21 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from .report import report as make_report
+    if args.study_dir is not None:
+        from .driver import load_study_dir
+        study, uri = load_study_dir(args.study_dir)
+        experiment = study.experiment
+    elif args.tracking_uri and args.experiment:
+        uri, experiment = args.tracking_uri, args.experiment
+    else:
+        raise ValueError("give STUDY_DIR, or --tracking-uri and --experiment")
+    result = make_report(uri, experiment, args.out)
+    print(f"{args.out}: {result['rows']} methods; missing: {', '.join(result['missing']) or 'nothing'}")
+    return 0
+
+
 def import_petl(args: argparse.Namespace) -> int:
     from .importer import import_petl as run_import
     from .tracking import check_tracking_server
