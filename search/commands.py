@@ -138,7 +138,9 @@ def report(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give STUDY_DIR, or --tracking-uri and --experiment")
     result = make_report(uri, experiment, args.out)
-    print(f"{args.out}: {result['rows']} methods; missing: {', '.join(result['missing']) or 'nothing'}")
+    other = f", other datasets: {', '.join(result['datasets'])}" if result.get("datasets") else ""
+    print(f"{args.out}: VTAB-1K table of {result['rows']} methods{other}; missing: "
+          f"{', '.join(result['missing']) or 'nothing'}")
     return 0
 
 

@@ -108,6 +108,34 @@ def write_vtab(rows: list[dict], out: Path) -> list[str]:
     return [f"{t}/{r['method']}" for r in rows for t in tasks if r[t] is None]
 
 
+def write_other(cells: dict, out: Path) -> list[str]:
+    """datasets.csv / .md for datasets outside VTAB-1K (mini-VTAB, many-shot): test top-1 per
+    dataset and method, their mean; returns the missing (dataset, method) cells."""
+    datasets = sorted({d for d, _ in cells if d not in VTAB_TASKS})
+    methods = sorted({m for d, m in cells if d in datasets})
+    if not datasets:
+        return []
+    missing, lines = [], ["| method | " + " | ".join(datasets) + " | mean | params |",
+                          "|" + "---|" * (len(datasets) + 3)]
+    with (out / "datasets.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", *datasets, "mean", "params"])
+        for method in methods:
+            scores = [cells.get((d, method), {}).get("test_top1") for d in datasets]
+            means = [statistics.mean(s) if s else None for s in scores]
+            missing += [f"{d}/{method}" for d, m in zip(datasets, means) if m is None]
+            present = [m for m in means if m is not None]
+            mean = statistics.mean(present) if present else None
+            params = next((cells[(d, method)]["params"] for d in datasets if (d, method) in cells), None)
+            writer.writerow([method] + ["" if m is None else round(m, 4) for m in means]
+                            + ["" if mean is None else round(mean, 4), "" if params is None else params])
+            stds = [statistics.stdev(s) if s and len(s) > 1 else None for s in scores]
+            lines.append(f"| {method} | " + " | ".join(_fmt(m, sd) for m, sd in zip(means, stds))
+                         + f" | {_fmt(mean)} | {params if params is not None else 'missing'} |")
+    (out / "datasets.md").write_text("\n".join(lines) + "\n")
+    return missing
+
+
 def plot_accuracy_vs_params(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -135,8 +163,9 @@ def report(tracking_uri: str, experiment: str, out: Path) -> dict:
         (out / "missing.txt").write_text("no finished final runs yet\n")
         return {"rows": 0, "missing": ["every cell: no finished final runs yet"]}
     rows = vtab_table(cells)
-    missing = write_vtab(rows, out) if rows else []
+    missing = (write_vtab(rows, out) if rows else []) + write_other(cells, out)
     if rows:
         plot_accuracy_vs_params(rows, out / "accuracy_vs_params.png")
     (out / "missing.txt").write_text("\n".join(missing) + ("\n" if missing else ""))
-    return {"rows": len(rows), "missing": missing}
+    others = sorted({d for d, _ in cells if d not in VTAB_TASKS})
+    return {"rows": len(rows), "datasets": others, "missing": missing}

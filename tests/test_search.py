@@ -140,3 +140,15 @@ def test_status_json_has_the_documented_keys(finished, capsys):
     status = json.loads(capsys.readouterr().out)
     for key in ("cells", "cells_done", "trials_finished", "trials_running", "duplicate_trials", "best", "budget"):
         assert key in status
+
+
+def test_report_tables_a_finished_study(finished, tmp_path):
+    import csv
+
+    from search.cli import main
+    _, study_dir, _ = finished
+    assert main(["report", str(study_dir), "--out", str(tmp_path)]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "datasets.csv").open())}
+    final = [t for t in trials(study_dir) if t["cell"] == "digits/lora" and t["phase"] == "final"][0]
+    assert float(rows["lora"]["digits"]) == pytest.approx(final["metrics"]["test_top1"], abs=1e-3)
+    assert set(rows) == {"linear", "lora", "full"} and (tmp_path / "datasets.md").is_file()
