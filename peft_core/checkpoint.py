@@ -22,6 +22,23 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _params_of(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trainable tensors of a checkpoint file (keys ``param.<name>``), by parameter name."""
+    return {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+
+
+def _copy_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Copy exactly the model's trainable tensors; anything missing or extra is an error."""
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(tensors) != expected:
+        raise ValueError(f"{what} does not match the model: "
+                         f"{len(set(tensors) ^ expected)} trainable tensors differ")
+    with torch.no_grad():
+        for name in expected:
+            params[name].copy_(tensors[name])
+
+
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -48,7 +65,7 @@ def save(folder: Path, model, optimizer, scheduler, progress: dict[str, Any]) ->
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for key, value in state.items():
-            tensors[f"opt.{index}.{key}"] = value.detach().reshape(value.shape).contiguous().cpu()
+            tensors[f"opt.{index}.{key}"] = value.detach().contiguous().cpu()
     rng_tensors, rng_meta = _rng_state()
     tensors.update(rng_tensors)
     save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / TENSORS))
@@ -84,15 +101,7 @@ def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
         meta = json.loads((folder / META).read_text())
     except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    stored = {k[len("param."):] for k in tensors if k.startswith("param.")}
-    if stored != expected:
-        raise ValueError(f"checkpoint {folder} does not match the model: "
-                         f"{len(stored ^ expected)} trainable tensors differ")
-    with torch.no_grad():
-        for name in expected:
-            params[name].copy_(tensors[f"param.{name}"])
+    _copy_trainable(model, _params_of(tensors), f"checkpoint {folder}")
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
@@ -124,14 +133,7 @@ def load_adapter(model: torch.nn.Module, path: Path) -> None:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as err:
         raise ValueError(f"corrupt or missing adapter {path}: {type(err).__name__}") from None
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(tensors) != expected:
-        raise ValueError(f"adapter {path} does not match the model: "
-                         f"{len(set(tensors) ^ expected)} tensors differ")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
+    _copy_trainable(model, tensors, f"adapter {path}")
 
 
 def adapter_from_checkpoint(folder: Path, out: Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -140,7 +142,7 @@ def adapter_from_checkpoint(folder: Path, out: Path, metadata: dict[str, Any] | 
         tensors = load_file(str(Path(folder) / TENSORS))
     except (OSError, SafetensorError) as err:
         raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
-    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    params = _params_of(tensors)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(params, str(out), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from .scheduler import CellASHA
 from .searcher import DONE, StudySearcher
 from .state import SEARCH_STATE, STUDY_COPY, read_json
-from .study import Study, StudyError, load_study
+from .study import Cell, Study, StudyError, load_study
 from .tracking import StudyTracker, check_tracking_server, default_tracking_uri
 
 EXPERIMENT = "tune"
@@ -133,6 +133,7 @@ def summarize(study_dir: Path) -> dict:
     try:
         study, _ = load_study_dir(study_dir)
         cells = [c.id for c in study.cells()]
+        searcher = StudySearcher(study, study_dir)  # reads the state file; opens nothing
     except (StudyError, OSError, ValueError):
         study = None
     per_cell = {}
@@ -142,11 +143,10 @@ def summarize(study_dir: Path) -> dict:
         finals = [t for t in mine if t["phase"] == "final"]
         best = max((t for t in tuned if t["status"] == "completed" and t["value"] is not None),
                    key=lambda t: t["value"], default=None)
-        budget = study.budget(next(c for c in study.cells() if c.id == cell)) if study else len(tuned)
+        budget = study.budget(Cell.parse(cell)) if study else len(tuned)
         finals_done = [t for t in finals if t["status"] == "completed"]
-        needed = len(study.final_seeds) if study else len(finals)
-        done = (len(tuned) >= budget and all(t["status"] in DONE for t in mine)
-                and (len(finals_done) >= needed or best is None))
+        done = (searcher.cell_status(Cell.parse(cell)) in ("done", "failed") if study
+                else all(t["status"] in DONE for t in mine))
         per_cell[cell] = {
             "done": done, "trials": len(tuned), "budget": budget,
             "best_val": best["value"] if best else None, "best_params": best["params"] if best else None,

@@ -205,8 +205,7 @@ class StudySearcher(Searcher):
         self._persist()
 
     def _cell(self, record: dict) -> Cell:
-        dataset, method = record["cell"].rsplit("/", 1)
-        return Cell(dataset, method)
+        return Cell.parse(record["cell"])
 
     def _optuna_trial(self, record: dict) -> optuna.Trial:
         """The running Optuna trial behind a record (Optuna keys trials by storage id)."""

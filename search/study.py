@@ -53,6 +53,11 @@ class Cell:
     def id(self) -> str:
         return f"{self.dataset}/{self.method}"
 
+    @classmethod
+    def parse(cls, cell_id: str) -> "Cell":
+        dataset, method = cell_id.rsplit("/", 1)
+        return cls(dataset, method)
+
 
 @dataclass
 class Study:

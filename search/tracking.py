@@ -22,7 +22,7 @@ from ray.tune import Callback
 from peft_core.checkpoint import adapter_from_checkpoint
 
 from .state import read_json, write_json
-from .study import Study
+from .study import Cell, Study
 
 RUNS_FILE = "mlflow_runs.json"
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
@@ -100,7 +100,8 @@ class StudyTracker(Callback):
             self.client.update_run(runs["trials"][trial.trial_id], status="RUNNING")
             return
         cell = config["cell"]
-        dataset, method = cell.rsplit("/", 1)
+        parsed = Cell.parse(cell)
+        dataset, method = parsed.dataset, parsed.method
         tags = {"mlflow.parentRunId": runs["cells"][cell], "study": self.study.name, "cell": cell,
                 "dataset": dataset, "method": method, "backbone": self.study.backbone,
                 "phase": config["phase"], "trial_id": trial.trial_id}
