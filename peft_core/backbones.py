@@ -28,7 +28,7 @@ class Backbone:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     description: str = ""
     default_checkpoint: Path | None = None  # weights shipped with the project
-
+    open_clip: str | None = None  # the open_clip model this is the image tower of (text heads)
 
     @property
     def img_size(self) -> int:
@@ -46,7 +46,8 @@ BACKBONES: dict[str, Backbone] = {
     "dinov2_vitb14": Backbone("vit_base_patch14_dinov2.lvd142m", dict(img_size=224),
                               description="DINOv2 ViT-B/14 (LayerScale)"),
     "clip_vitb16": Backbone("vit_base_patch16_clip_quickgelu_224.openai", mean=_CLIP_MEAN,
-                            std=_CLIP_STD, description="CLIP ViT-B/16 image tower (QuickGELU)"),
+                            std=_CLIP_STD, description="CLIP ViT-B/16 image tower (QuickGELU)",
+                            open_clip="ViT-B-16-quickgelu"),
     # Really pretrained, shipped (peft_core/pretrain.py, weights/MODEL_CARD.md): mini-VTAB on a CPU.
     "fmnist_vit_tiny": Backbone("vit_base_patch16_224",
                                 dict(img_size=32, patch_size=8, embed_dim=128, depth=6, num_heads=4),
@@ -61,8 +62,10 @@ BACKBONES: dict[str, Backbone] = {
     "tiny_dinov2": Backbone("vit_base_patch14_dinov2",
                             dict(img_size=28, patch_size=7, init_values=1.0, **_TINY),
                             description="tiny DINOv2-style ViT with LayerScale (test)"),
+    # Its open_clip twin (clip_configs/peft-tiny-clip.json) has a tiny text tower for text heads.
     "tiny_clip": Backbone("vit_base_patch16_clip_quickgelu_224", dict(img_size=32, patch_size=8, **_TINY),
-                          mean=_CLIP_MEAN, std=_CLIP_STD, description="tiny CLIP-style tower (test)"),
+                          mean=_CLIP_MEAN, std=_CLIP_STD, description="tiny CLIP-style tower (test)",
+                          open_clip="peft-tiny-clip"),
 }
 
 
@@ -111,15 +114,24 @@ def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> Non
             for key in ("state_dict", "model"):
                 if isinstance(state, dict) and isinstance(state.get(key), dict):
                     state = state[key]
-        state = vit_module.checkpoint_filter_fn(state, model)
-        own = model.state_dict()
-        for key in [k for k in state if k.startswith("head.")]:
-            if key not in own or state[key].shape != own[key].shape:
-                del state[key]  # a head for other classes: the model keeps its fresh one
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("head.")]
-        if missing or unexpected:
-            raise KeyError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+        load_state(model, state)
     except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"checkpoint {path} does not fit backbone '{name}': {first}") from None
+
+
+def load_state(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict in any layout timm converts (timm, OpenAI / open_clip CLIP, DINOv2, ...).
+
+    Strict: every backbone tensor must be present and fit; only a head of another class count is
+    dropped (the model keeps its fresh one). Raises KeyError / RuntimeError otherwise.
+    """
+    state = vit_module.checkpoint_filter_fn(state, model)
+    own = model.state_dict()
+    for key in [k for k in state if k.startswith("head.")]:
+        if key not in own or state[key].shape != own[key].shape:
+            del state[key]  # a head for other classes: the model keeps its fresh one
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise KeyError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")

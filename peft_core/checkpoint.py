@@ -1,4 +1,5 @@
-"""Mid-training checkpoints: trainable parameters, optimizer, scheduler and RNG state.
+"""Mid-training checkpoints: trainable parameters, optimizer, scheduler and RNG state, and the
+best-validation trainable parameters when a run selects its weights on validation.
 
 Tensors go to ``state.safetensors``, everything else to ``state.json``; nothing is unpickled on
 load. A resumed run continues exactly as if it had never stopped.
@@ -27,7 +28,7 @@ def _params_of(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
 
 
-def _copy_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+def copy_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
     """Copy exactly the model's trainable tensors; anything missing or extra is an error."""
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -58,10 +59,13 @@ def _tupled(obj):
     return tuple(_tupled(o) for o in obj) if isinstance(obj, list) else obj
 
 
-def save(folder: Path, model, optimizer, scheduler, progress: dict[str, Any]) -> Path:
-    """Write a checkpoint into ``folder`` (created); ``progress`` is any JSON-able run state."""
+def save(folder: Path, model, optimizer, scheduler, progress: dict[str, Any],
+         best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint into ``folder`` (created); ``progress`` is any JSON-able run state,
+    ``best`` the trainable tensors of the best validation epoch so far (when selecting on it)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"param.{n}": t.contiguous() for n, t in trainable_state(model).items()}
+    tensors.update({f"best.{n}": t.contiguous() for n, t in (best or {}).items()})
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for key, value in state.items():
@@ -90,8 +94,8 @@ def read_progress(folder: Path) -> dict[str, Any]:
         raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
 
 
-def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore a checkpoint written by ``save``; returns its ``progress``.
+def load(folder: Path, model, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore a checkpoint written by ``save``; returns its ``progress`` and ``best`` tensors.
 
     A missing, truncated or mismatched checkpoint is a one-line ValueError naming the path.
     """
@@ -101,7 +105,7 @@ def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
         meta = json.loads((folder / META).read_text())
     except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
-    _copy_trainable(model, _params_of(tensors), f"checkpoint {folder}")
+    copy_trainable(model, _params_of(tensors), f"checkpoint {folder}")
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
@@ -116,7 +120,8 @@ def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
     random.setstate(_tupled(meta["rng"]["python"]))
     np_state = meta["rng"]["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    return meta["progress"]
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    return meta["progress"], best
 
 
 def save_adapter(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -128,12 +133,15 @@ def save_adapter(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | 
 
 
 def load_adapter(model: torch.nn.Module, path: Path) -> None:
-    """Load ``save_adapter`` output strictly: exactly the model's trainable tensors."""
+    """Load ``save_adapter`` output, or the trained tensors of a checkpoint folder (a finished
+    run's last one holds the weights it selected), strictly: exactly the model's trainable tensors."""
+    path = Path(path)
+    what = f"checkpoint {path}" if path.is_dir() else f"adapter {path}"
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path / TENSORS if path.is_dir() else path))
     except (OSError, SafetensorError) as err:
-        raise ValueError(f"corrupt or missing adapter {path}: {type(err).__name__}") from None
-    _copy_trainable(model, tensors, f"adapter {path}")
+        raise ValueError(f"corrupt or missing {what}: {type(err).__name__}") from None
+    copy_trainable(model, _params_of(tensors) if path.is_dir() else tensors, what)
 
 
 def adapter_from_checkpoint(folder: Path, out: Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -19,12 +19,13 @@ def cacheable(model: torch.nn.Module) -> bool:
 
 
 class FeatureCache:
-    def __init__(self, model, train_set, eval_set, batch_size: int, device) -> None:
+    def __init__(self, model, train_set, eval_sets: dict, batch_size: int, device) -> None:
+        """``eval_sets``: evaluation datasets by name (``val``, ``test``)."""
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         if not trainable <= {"head.weight", "head.bias"}:
             raise ValueError("feature_cache needs a frozen backbone (only the head may train)")
         self.train = self._features(model, train_set, batch_size, device)
-        self.eval = self._features(model, eval_set, batch_size, device)
+        self.eval = {name: self._features(model, data, batch_size, device) for name, data in eval_sets.items()}
 
     @staticmethod
     @torch.no_grad()
@@ -41,6 +42,6 @@ class FeatureCache:
         feats, labels = self.train
         return ((feats[idx], labels[idx]) for idx in batches.indices(epoch))
 
-    def eval_batches(self, batch_size: int):
-        feats, labels = self.eval
+    def eval_batches(self, name: str, batch_size: int):
+        feats, labels = self.eval[name]
         return ((feats[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))

@@ -86,6 +86,9 @@ class MethodConfig:
     # True when the last layer of every inserted module starts at zero (forward unchanged).
     identity_at_init: ClassVar[bool] = False
     trains_head: ClassVar[bool] = True
+    # True when the method trains existing backbone weights (full, bitfit, ln, difffit, selective
+    # tuning): WiSE interpolates the whole state dict instead of scaling inserted modules.
+    changes_weights: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

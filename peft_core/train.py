@@ -3,10 +3,15 @@
 ``train(config, report)`` builds the backbone, attaches the method, trains with AdamW and timm's
 ``CosineLRScheduler`` stepped per epoch (warm-up from ``warmup_lr_init``), evaluates at the
 configured epochs and calls ``report(metrics, checkpoint_dir)`` each time it evaluates.
+
+Final runs test either the last epoch (``final_acc_hp: true``, VTAB-1K: trained on train+val) or
+the epoch with the best validation top-1 (``final_acc_hp: false``, CLIP on few-shot ImageNet:
+trained on train, validated at every evaluation with early-stop patience); the model returned
+and the last checkpoint reported hold the tested weights. The test set is evaluated once, at the
+end, and never selects anything.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -26,7 +31,10 @@ from timm.scheduler import CosineLRScheduler
 from . import checkpoint as ckpt
 from .api import apply, count_inserted
 from .backbones import build_backbone, get_backbone
-from .data import DataSpec, build_datasets, image_transform
+from .clip import build_clip_classifier
+from .data import DataSpec, build_datasets, build_transforms
+from .data.loaders import TRANSFORMS
+from .evaluation import evaluate, save_predictions
 from .features import FeatureCache, cacheable
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -50,6 +58,9 @@ class TrainConfig:
     data_format: str = "vtab"
     num_classes: int | None = None
     normalize: bool = False
+    transform: str = "resize"  # resize (VTAB-1K, no augmentation) | randaugment (few-shot ImageNet)
+    class_names: str | None = None  # CLIP text head from these names: "imagenet" or a file; None: random head
+    templates: str = "openai"  # the text head's prompt templates: "openai" (CLIP's 80) or a file
     phase: str = "tune"  # tune: train800 -> val200; final: train800val200 -> test
     epoch: int = 100
     warmup_epoch: int = 10
@@ -64,7 +75,8 @@ class TrainConfig:
     eval_freq: int = 0  # evaluate every N epochs (0: only the first and the last epoch)
     eval_epochs: list[int] = field(default_factory=list)  # extra epochs to evaluate (ASHA rungs)
     early_patience: int = 0  # evaluations without improvement before stopping (0: never)
-    final_acc_hp: bool = True  # select on the last epoch's val top-1, not the best
+    final_acc_hp: bool = True  # final: test the last epoch; false: train on train, test the best-val epoch
+    save_predictions: bool = False  # final: keep test logits + labels (predictions_test.npz by the checkpoint)
     feature_cache: bool | None = None  # None: on for linear probing
     preload: bool | None = None  # keep decoded images in memory; None: when under 1 GiB
     device: str = "auto"
@@ -80,7 +92,8 @@ class TrainConfig:
                   ("drop_path_rate", 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
                   ("eval_freq", self.eval_freq >= 0, ">= 0"),
                   ("early_patience", self.early_patience >= 0, ">= 0"),
-                  ("phase", self.phase in ("tune", "final"), "tune or final")]
+                  ("phase", self.phase in ("tune", "final"), "tune or final"),
+                  ("transform", self.transform in TRANSFORMS, " or ".join(TRANSFORMS))]
         for key, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"train config: {key}={getattr(self, key)!r} is invalid; allowed: {allowed}")
@@ -97,6 +110,11 @@ class TrainConfig:
         if epoch in (1, self.epoch) or epoch in self.eval_epochs:
             return True
         return bool(self.eval_freq) and epoch % self.eval_freq == 0
+
+    @property
+    def selects_on_val(self) -> bool:
+        """A final run that trains on train and tests the weights of its best validation epoch."""
+        return self.phase == "final" and not self.final_acc_hp
 
 
 _SIMPLE = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
@@ -127,7 +145,8 @@ class TrainResult:
     history: list[dict[str, Any]]
     inserted_params: int
     seconds: float
-    model: torch.nn.Module = field(repr=False, default=None)
+    model: torch.nn.Module = field(repr=False, default=None)  # with the selected epoch's weights
+    selected_epoch: int = 0  # the best-val epoch when ``selects_on_val``, else the last one trained
 
 
 def _seed_everything(seed: int) -> None:
@@ -142,8 +161,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """The backbone with its weights and the method attached (seeded: repeatable init)."""
+def build_model(config: TrainConfig, num_classes: int, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The backbone with its weights and the method attached (seeded: repeatable init).
+
+    With ``class_names``: the CLIP tower with its zero-shot text head (``checkpoint``: the
+    open_clip file); ``device`` encodes the prompts the first time (then they are cached).
+    """
     spec = get_backbone(config.backbone)
     weights = config.checkpoint
     if config.pretrained and weights is None:
@@ -151,9 +174,22 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
             raise ValueError(f"backbone '{config.backbone}' ships no weights; set checkpoint: PATH "
                              f"or pretrained: false")
         weights = spec.default_checkpoint
-    model = build_backbone(config.backbone, num_classes, weights if config.pretrained else None,
-                           drop_path_rate=config.drop_path_rate)
+    weights = weights if config.pretrained else None
+    if config.class_names is None:
+        model = build_backbone(config.backbone, num_classes, weights, drop_path_rate=config.drop_path_rate)
+    else:
+        model = build_clip_classifier(config.backbone, config.class_names, config.templates, weights,
+                                      device=device, drop_path_rate=config.drop_path_rate)
+        if num_classes > model.num_classes:  # fewer is fine: a subset of the named classes
+            raise ValueError(f"class_names {config.class_names!r} lists {model.num_classes} classes "
+                             f"but the data has labels up to {num_classes - 1}")
     return apply(model, config.method, **config.hp)
+
+
+def transforms_for(config: TrainConfig):
+    """(training, evaluation) image transforms of a run: its recipe on its backbone's size/stats."""
+    spec = get_backbone(config.backbone)
+    return build_transforms(config.transform, spec.img_size, spec.mean, spec.std, config.normalize)
 
 
 class _Batches:
@@ -200,31 +236,25 @@ def _maybe_preload(dataset, config: TrainConfig, img_size: int):
     return dataset
 
 
-@torch.no_grad()
-def evaluate(model, dataset, batch_size: int, device, autocast, prefix: str,
-             features: FeatureCache | None = None) -> dict[str, float]:
-    model.eval()
-    total, loss, top1, top5 = 0, 0.0, 0, 0
+def _eval_batches(dataset, batch_size: int, features: FeatureCache | None, name: str):
     if features is not None:
-        batches = features.eval_batches(batch_size)
-    elif isinstance(dataset, _Preloaded):
-        batches = ((dataset.images[i:i + batch_size], dataset.labels[i:i + batch_size])
-                   for i in range(0, len(dataset), batch_size))
-    else:
-        batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    for x, y in batches:
-        x, y = x.to(device), torch.as_tensor(y).to(device)
-        with autocast():
-            logits = model.head(x) if features is not None else model(x)
-        logits = logits.float()
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == y[:, None]
-        top1 += hits[:, 0].sum().item()
-        top5 += hits.any(dim=1).sum().item()
-        total += len(y)
-    return {f"{prefix}_loss": loss / total, f"{prefix}_top1": 100.0 * top1 / total,
-            f"{prefix}_top5": 100.0 * top5 / total}
+        return features.eval_batches(name, batch_size)
+    if isinstance(dataset, _Preloaded):
+        return ((dataset.images[i:i + batch_size], dataset.labels[i:i + batch_size])
+                for i in range(0, len(dataset), batch_size))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+
+
+def _datasets(config: TrainConfig):
+    """(train set, {"val" | "test": evaluation set, ...}, class count) of the run's phase."""
+    train_tf, eval_tf = transforms_for(config)
+    data = DataSpec(config.data, Path(config.data_path), config.data_format, config.num_classes,
+                    config.normalize)
+    if not config.selects_on_val:
+        train_set, eval_set, num_classes = build_datasets(data, config.phase, eval_tf, train_tf)
+        return train_set, {"val" if config.phase == "tune" else "test": eval_set}, num_classes
+    train_set, val_set, num_classes = build_datasets(data, "tune", eval_tf, train_tf)
+    return train_set, {"val": val_set, "test": build_datasets(data, "final", eval_tf)[1]}, num_classes
 
 
 def train(config: TrainConfig, report: Report | None = None, resume_from: Path | None = None,
@@ -238,22 +268,38 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     _seed_everything(config.seed)
     device = _device(config.device)
     spec = get_backbone(config.backbone)
-    transform = image_transform(spec.img_size, spec.mean, spec.std, config.normalize)
-    data = DataSpec(config.data, Path(config.data_path), config.data_format, config.num_classes,
-                    config.normalize)
-    train_set, eval_set, num_classes = build_datasets(data, config.phase, transform)
-    model = build_model(config, num_classes).to(device)
+    train_set, eval_sets, num_classes = _datasets(config)
+    model = build_model(config, num_classes, device).to(device)
     inserted = count_inserted(model)
-    train_set = _maybe_preload(train_set, config, spec.img_size)
-    eval_set = _maybe_preload(eval_set, config, spec.img_size)
-    use_cache = cacheable(model) if config.feature_cache is None else config.feature_cache
-    features = FeatureCache(model, train_set, eval_set, config.test_batch_size, device) if use_cache else None
+    augmented = config.transform != "resize"  # a new random view of every image each epoch
+    if not augmented:
+        train_set = _maybe_preload(train_set, config, spec.img_size)
+    eval_sets = {name: _maybe_preload(data, config, spec.img_size) for name, data in eval_sets.items()}
+    use_cache = (cacheable(model) and not augmented) if config.feature_cache is None else config.feature_cache
+    if use_cache and augmented:
+        raise ValueError(f"train config: feature_cache needs transform 'resize', not '{config.transform}'")
+    features = FeatureCache(model, train_set, eval_sets, config.test_batch_size, device) if use_cache else None
+    use_bf16 = config.bf16 and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    kept: dict[str, dict] = {}  # test logits and labels, when the run keeps its predictions
+
+    def scores(name: str) -> dict[str, float]:
+        keep = config.save_predictions and name == "test"
+        result = evaluate(model.head if features is not None else model,
+                          _eval_batches(eval_sets[name], config.test_batch_size, features, name),
+                          device=device, autocast=autocast, keep_outputs=keep)
+        if keep:
+            kept[name] = result
+        return {f"{name}_{key}": result[key] for key in ("loss", "top1", "top5")}
 
     params = [p for p in model.parameters() if p.requires_grad]
-    prefix = "val" if config.phase == "tune" else "test"
-    if not params:  # zero-shot: nothing to train, one evaluation
-        metrics = {"epoch": 0, "inserted_params": 0, **evaluate(model, eval_set, config.test_batch_size, device,
-                                          contextlib.nullcontext, prefix)}
+    if not params:  # zero-shot: nothing to train, one evaluation of every set
+        metrics = {"epoch": 0, "inserted_params": 0}
+        for name in eval_sets:
+            metrics.update(scores(name))
         if report is not None:
             report(metrics, None)
         return TrainResult("completed", metrics, [metrics], 0, time.time() - start, model)
@@ -262,15 +308,13 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.wd)
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epoch, lr_min=config.lr_min,
                                   warmup_t=config.warmup_epoch, warmup_lr_init=config.warmup_lr_init)
-    state = {"epoch": 0, "history": [], "best": None, "bad_evals": 0}
+    state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad_evals": 0}
+    best: dict[str, torch.Tensor] = {}  # trainable tensors of the best-val epoch (selects_on_val)
     if resume_from is not None:
-        state = ckpt.load(Path(resume_from), model, optimizer, scheduler)
+        state, best = ckpt.load(Path(resume_from), model, optimizer, scheduler)
     batches = _Batches(train_set, config.batch_size, config.seed, config.num_workers,
                        pin=device.type == "cuda")
-    use_bf16 = config.bf16 and device.type == "cuda"
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    validates = "val" in eval_sets
 
     status = "completed"
     for epoch in range(state["epoch"], config.epoch):
@@ -285,31 +329,41 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
         if not config.evaluates_at(epoch + 1):
             continue
         metrics = {"epoch": epoch + 1, "lr": lr, "inserted_params": inserted, **train_metrics}
-        # The test set is looked at once, after the last epoch; it never selects anything.
-        if config.phase == "tune" or epoch + 1 == config.epoch:
-            metrics.update(evaluate(model, eval_set, config.test_batch_size, device, autocast,
-                                    prefix, features))
-            score = metrics[f"{prefix}_top1"]
-            improved = state["best"] is None or score > state["best"]
-            state["best"] = score if improved else state["best"]
+        if validates:
+            metrics.update(scores("val"))
+            improved = state["best"] is None or metrics["val_top1"] > state["best"]
+            if improved:
+                state["best"], state["best_epoch"] = metrics["val_top1"], epoch + 1
+                if config.selects_on_val:
+                    best = {n: t.clone() for n, t in ckpt.trainable_state(model).items()}
             state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+        stop = validates and config.early_patience and state["bad_evals"] >= config.early_patience
+        # The test set is looked at once, at the end; it never selects anything.
+        if "test" in eval_sets and (stop or epoch + 1 == config.epoch):
+            if config.selects_on_val:
+                ckpt.copy_trainable(model, best, "the best validation epoch's weights")
+                metrics["selected_epoch"] = state["best_epoch"]
+            metrics.update(scores("test"))
         state["history"].append(metrics)
         if progress:
-            shown = f" {prefix}_top1 {metrics[f'{prefix}_top1']:.2f}" if f"{prefix}_top1" in metrics else ""
+            shown = "".join(f" {key} {metrics[key]:.2f}" for key in ("val_top1", "test_top1") if key in metrics)
             print(f"epoch {epoch + 1}/{config.epoch} lr {lr:.2e} train_loss {metrics['train_loss']:.4f}"
                   f"{shown}", file=sys.stderr, flush=True)
-        stop = config.phase == "tune" and config.early_patience and state["bad_evals"] >= config.early_patience
         if report is not None:
             folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
             try:
-                report(metrics, ckpt.save(folder, model, optimizer, scheduler, state))
+                ckpt.save(folder, model, optimizer, scheduler, state, best)
+                for name, result in kept.items():
+                    save_predictions(folder / f"predictions_{name}.npz", result)
+                report(metrics, folder)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
         if stop:
             status = "early_stopped"
             break
+    selected = state["best_epoch"] if config.selects_on_val else state["epoch"]
     return TrainResult(status, state["history"][-1] if state["history"] else {}, state["history"],
-                       inserted, time.time() - start, model)
+                       inserted, time.time() - start, model, selected)
 
 
 def state_epoch(resume_from: Path | None) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from .scheduler import CellASHA
 from .searcher import DONE, StudySearcher
 from .state import SEARCH_STATE, STUDY_COPY, read_json
+from .storage import check_shared_storage
 from .study import Cell, Study, StudyError, load_study
 from .tracking import StudyTracker, check_tracking_server, default_tracking_uri
 
@@ -49,8 +50,13 @@ def _progress_callback(study_dir: Path):
 
 
 def _ray_init() -> None:
+    """Join the cluster a job runs on (RAY_ADDRESS is set by the Jobs API), else start a local one."""
     import ray
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR", log_to_driver=False)
+    else:
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  configure_logging=True)
 
@@ -68,7 +74,7 @@ def _run_config(study: Study, study_dir: Path, uri: str):
         name=EXPERIMENT, storage_path=str((study_dir / "ray").resolve()), verbose=0,
         callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=0))
+        failure_config=tune.FailureConfig(max_failures=study.max_failures))
 
 
 def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
@@ -85,17 +91,25 @@ def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
 def run_study(study_file: Path, out: Path | None = None) -> Path:
     study, study_dir, uri = prepare(study_file, out)
     from ray import tune
+    created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
+    _ray_init()
+    try:
+        nodes = check_shared_storage(study_dir)
+    except StudyError:
+        if created:
+            study_dir.rmdir()
+        raise
+    print(f"[peft-search] {nodes} Ray node(s); study folder {study_dir}", file=sys.stderr, flush=True)
     shutil.copy(study.source, study_dir / STUDY_COPY)
     (study_dir / "source.txt").write_text(str(study.source))
     (study_dir / "tracking_uri.txt").write_text(uri)
-    _ray_init()
     tuner = tune.Tuner(
         _trainable(study),
         tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
                                     scheduler=CellASHA(study, study_dir), num_samples=-1,
                                     max_concurrent_trials=study.max_concurrent,
-                                    trial_dirname_creator=trial_dirname, reuse_actors=True),
+                                    trial_dirname_creator=trial_dirname, reuse_actors=study.reuse_actors),
         run_config=_run_config(study, study_dir, uri))
     tuner.fit()
     return study_dir
@@ -118,6 +132,7 @@ def resume_study(study_dir: Path) -> Path:
     study, uri = load_study_dir(study_dir)
     check_tracking_server(uri)
     _ray_init()
+    check_shared_storage(study_dir)
     tuner = tune.Tuner.restore(str(study_dir / "ray" / EXPERIMENT), trainable=_trainable(study),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
     tuner.fit()

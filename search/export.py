@@ -11,7 +11,7 @@ import peft_core
 from peft_core.checkpoint import adapter_from_checkpoint, load_adapter
 from peft_core.train import TrainConfig, build_model
 
-from .state import SEARCH_STATE, read_json
+from .state import MLFLOW_RUNS, SEARCH_STATE, read_json
 from .study import StudyError
 
 
@@ -48,10 +48,17 @@ def export_study(study_dir: Path, out: Path) -> dict[str, dict]:
         adapter_from_checkpoint(checkpoint, folder / "adapter.safetensors", meta)
         merged = _merge(config, folder / "adapter.safetensors", folder / "merged.safetensors")
         metrics = {**record["metrics"], "trial_id": record["trial_id"], "epochs": progress["epoch"],
-                   "merged": merged}
+                   "merged": merged, **_mlflow_run(study_dir, record["trial_id"])}
         (folder / "metrics.json").write_text(json.dumps(metrics, sort_keys=True))
         exported[cell] = {"folder": str(folder), **metrics}
     return exported
+
+
+def _mlflow_run(study_dir: Path, trial_id: str) -> dict:
+    """Where the trial's final run lives, so ``evaluate --export`` logs under it."""
+    runs = read_json(Path(study_dir) / MLFLOW_RUNS) or {"trials": {}}
+    uri = Path(study_dir) / "tracking_uri.txt"
+    return {"run_id": runs["trials"].get(trial_id), "tracking_uri": uri.read_text().strip() if uri.is_file() else None}
 
 
 def _trial_config(study_dir: Path, trial_id: str) -> dict:
@@ -65,7 +72,7 @@ def _merge(config: TrainConfig, adapter: Path, out: Path) -> bool:
     """Plain timm weights with the method folded in, when the method is linear in its input."""
     if not peft_core.methods()[config.method]["mergeable"]:
         return False
-    num_classes = _head_classes(adapter)
+    num_classes = head_classes(adapter)
     model = build_model(config, num_classes)
     load_adapter(model, adapter)
     merged = peft_core.merge(model.eval())
@@ -74,7 +81,8 @@ def _merge(config: TrainConfig, adapter: Path, out: Path) -> bool:
     return True
 
 
-def _head_classes(adapter: Path) -> int:
+def head_classes(adapter: Path) -> int:
+    """The class count of a saved adapter's head."""
     from safetensors import safe_open
     with safe_open(str(adapter), "pt") as f:
         return f.get_slice("head.weight").get_shape()[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +179,21 @@ class StudySearcher(Searcher):
         if record is None or record["status"] in DONE:
             return
         record["epochs"] = int(result.get("epoch", record["epochs"]))
+        if "started_at" in result:
+            record.setdefault("started_at", result["started_at"])  # the first attempt's start
+        if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
+            record["nodes"].append(result["node_id"])
+        if result.get("diverged"):
+            record["error"] = result["diverged"]
         record["seconds"] = float(result.get("trial_seconds", record["seconds"]))
         record["metrics"] = {k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_"))
                              and isinstance(v, (int, float))}
         if self.metric in result and record["phase"] == "tune":
-            record["value"] = float(result[self.metric])
+            value = float(result[self.metric])
+            # Runs that select on validation (CLIP) are worth their best epoch, not their last.
+            if not self.study.train.get("final_acc_hp", True) and record["value"] is not None:
+                value = max(value, record["value"])
+            record["value"] = value
             if record["number"] is not None:
                 self._optuna_trial(record).report(record["value"], record["epochs"])
         self._persist()
@@ -194,7 +205,8 @@ class StudySearcher(Searcher):
         if result and int(result.get("epoch", -1)) != record["epochs"]:
             self.on_trial_result(trial_id, result)
         epochs = self.study.trial_config(self._cell(record), record["params"], record["phase"])["epoch"]
-        if error:
+        record["ended_at"] = time.time()
+        if error or record.get("error"):
             record["status"] = "failed"
         elif record["epochs"] < epochs:
             record["status"] = "pruned"

@@ -14,6 +14,7 @@ from typing import Any
 SEARCH_STATE = "search_state.json"
 ASHA_STATE = "asha_state.json"
 STUDY_COPY = "study.yaml"
+MLFLOW_RUNS = "mlflow_runs.json"  # MLflow run id of every cell and trial
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -21,7 +21,8 @@ from .space import Dimension, grid_points, parse_dimension
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
 _TOP = {"name", "include", "backbone", "checkpoint", "data_root", "datasets", "methods", "train",
         "spaces", "search", "final", "resources", "mlflow", "storage_path"}
-_SEARCH = {"sampler", "num_samples", "metric", "asha", "max_concurrent", "seed", "warm_start"}
+_SEARCH = {"sampler", "num_samples", "metric", "asha", "max_concurrent", "seed", "warm_start", "max_failures",
+           "reuse_actors"}
 _ASHA = {"grace_period", "reduction_factor", "max_t"}
 _FINAL = {"seeds"}
 _RESOURCES = {"cpu", "gpu"}
@@ -76,6 +77,8 @@ class Study:
     max_concurrent: int = 2
     seed: int = 0
     warm_start: bool = False
+    max_failures: int = 2  # retries of a trial that died with its node (from its last checkpoint)
+    reuse_actors: bool = True  # a finished trial's process takes the next trial (no re-import)
     final_seeds: list[int] = field(default_factory=lambda: [42])
     cpu: float = 1.0
     gpu: float = 0.0
@@ -149,6 +152,26 @@ def _read(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         _merge(merged, _read(path.parent / str(inc), stack + (path,)))
     _merge(merged, content)
     return merged
+
+
+def portable_mapping(path: str | Path) -> dict[str, Any]:
+    """The study with its includes merged and every path absolute: a file that can be moved
+    (``submit`` ships it to a cluster, where the same paths must exist)."""
+    source = Path(path).resolve()
+    raw = _read(source)
+    raw.setdefault("name", source.stem)
+
+    def absolute(value: Any) -> str:
+        return str((source.parent / str(value)).resolve())
+
+    for key in ("data_root", "checkpoint", "storage_path"):
+        if raw.get(key) is not None:
+            raw[key] = absolute(raw[key])
+    datasets = raw.get("datasets")
+    for settings in datasets.values() if isinstance(datasets, dict) else ():
+        if isinstance(settings, dict) and settings.get("data_path") is not None:
+            settings["data_path"] = absolute(settings["data_path"])
+    return raw
 
 
 def _merge(base: dict, extra: dict) -> None:
@@ -238,6 +261,13 @@ def load_study(path: str | Path, check_data: bool = True) -> Study:
         raise c.fail("final.seeds", f"expected a non-empty list of integers, got {seeds!r}")
     resources = c.section(raw, "resources", _RESOURCES)
     mlflow = c.section(raw, "mlflow", _MLFLOW)
+    storage_path = raw.get("storage_path")
+    if storage_path is not None:
+        c.typed("storage_path", storage_path, str)
+        if "://" in storage_path:
+            raise c.fail("storage_path", f"'{storage_path}': the study folder (Optuna, ASHA, MLflow state) "
+                         "needs a filesystem path every node mounts (NFS, a shared volume), not object storage")
+        storage_path = str((source.parent / storage_path).resolve())
     uri = mlflow.get("tracking_uri")
     if uri is not None and not str(uri).startswith(("http://", "https://", "file:", "sqlite:", "databricks")):
         raise c.fail("mlflow.tracking_uri", f"unsupported URI '{uri}'; use http(s)://, file: or sqlite:")
@@ -248,10 +278,12 @@ def load_study(path: str | Path, check_data: bool = True) -> Study:
         asha=asha, max_concurrent=c.typed("search.max_concurrent", search.get("max_concurrent", 2), int, 1),
         seed=c.typed("search.seed", search.get("seed", 0), int),
         warm_start=c.typed("search.warm_start", search.get("warm_start", False), bool),
+        max_failures=c.typed("search.max_failures", search.get("max_failures", 2), int, 0),
+        reuse_actors=c.typed("search.reuse_actors", search.get("reuse_actors", True), bool),
         final_seeds=seeds, cpu=c.typed("resources.cpu", resources.get("cpu", 1), (int, float), 0),
         gpu=c.typed("resources.gpu", resources.get("gpu", 0), (int, float), 0),
         tracking_uri=uri, experiment=c.typed("mlflow.experiment", mlflow.get("experiment", name), str),
-        storage_path=raw.get("storage_path"))
+        storage_path=storage_path)
 
 
 def _datasets(c: _Checker, raw: dict, source: Path, check_data: bool) -> dict[str, Dataset]:

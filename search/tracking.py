@@ -7,6 +7,7 @@ runs instead of opening new ones.
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -21,10 +22,9 @@ from ray.tune import Callback
 
 from peft_core.checkpoint import adapter_from_checkpoint
 
-from .state import read_json, write_json
+from .state import MLFLOW_RUNS, read_json, write_json
 from .study import Cell, Study
 
-RUNS_FILE = "mlflow_runs.json"
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
                  "test_top1", "test_top5", "lr")
 
@@ -74,10 +74,10 @@ class StudyTracker(Callback):
         return self._client
 
     def _runs(self) -> dict:
-        return read_json(self.study_dir / RUNS_FILE, {"experiment_id": None, "cells": {}, "trials": {}})
+        return read_json(self.study_dir / MLFLOW_RUNS, {"experiment_id": None, "cells": {}, "trials": {}})
 
     def _save_runs(self, runs: dict) -> None:
-        write_json(self.study_dir / RUNS_FILE, runs)
+        write_json(self.study_dir / MLFLOW_RUNS, runs)
 
     def setup(self, **info) -> None:
         runs = self._runs()
@@ -138,6 +138,7 @@ class StudyTracker(Callback):
         if run_id is None or self.client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED"):
             return  # finished before a resume: nothing to add
         result = trial.last_result or {}
+        error = error or bool(result.get("diverged"))
         config = trial.config
         epochs = int(result.get("epoch", 0))
         final_metrics = {"inserted_params": result.get("inserted_params"), "epochs_run": epochs,
@@ -154,6 +155,9 @@ class StudyTracker(Callback):
                         "backbone": config["train"]["backbone"]}
                 adapter = adapter_from_checkpoint(Path(folder), Path(tmp) / "adapter.safetensors", meta)
                 self.client.log_artifact(run_id, str(adapter))
+                if (Path(folder) / "predictions_test.npz").is_file():  # train: {save_predictions: true}
+                    kept = shutil.copy(Path(folder) / "predictions_test.npz", Path(tmp) / "test.npz")
+                    self.client.log_artifact(run_id, str(kept), "predictions")
         self.client.set_terminated(run_id, "FAILED" if error else "KILLED" if pruned else "FINISHED")
         if config["phase"] == "final":
             self._maybe_close_cell(config["cell"], runs)

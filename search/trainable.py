@@ -10,10 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
-from peft_core.train import TrainConfig, train
+from peft_core.train import TrainConfig, TrainingDiverged, train
 
 from .state import trial_finished
 
@@ -32,12 +33,19 @@ def run_trial(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             shutil.copytree(folder, resume_dir, dirs_exist_ok=True)
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict, folder: Path | None) -> None:
         ckpt = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
-        tune.report({**metrics, "trial_seconds": time.time() - start}, checkpoint=ckpt)
+        tune.report({**metrics, "trial_seconds": time.time() - start, "started_at": start, "node_id": node_id},
+                    checkpoint=ckpt)
 
     try:
         train(train_config, report, resume_from=resume_dir)
+    except TrainingDiverged as err:
+        # Reported, not raised: Tune retries raised errors (lost nodes), and a diverged run
+        # would only diverge again. The searcher and tracker mark it failed.
+        tune.report({"diverged": str(err), "trial_seconds": time.time() - start, "node_id": node_id})
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)

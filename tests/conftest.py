@@ -18,28 +18,21 @@ def minivtab(tmp_path_factory):
     return build_minivtab(tmp_path_factory.mktemp("minivtab"), ["digits", "digits_rot"])
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server over HTTP on 127.0.0.1, stopped by pid at the end."""
+    """A real MLflow tracking server over HTTP on 127.0.0.1 (started by ``peft-search
+    mlflow-server``), stopped by pid at the end."""
     import subprocess
     import sys
     import time
     import urllib.request
+    from search.localcluster import free_port
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "mlflow-server", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                              "--artifacts-destination", str(root / "artifacts")],
-                            stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env,
+                            stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -18,7 +18,8 @@ def write_study(path, minivtab, **overrides):
     study = {
         "name": "it-study", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
         "datasets": ["digits"], "methods": ["linear", "lora", "full"],
-        "train": {"epoch": EPOCHS, "warmup_epoch": 1, "pretrained": False, "eval_freq": 1},
+        "train": {"epoch": EPOCHS, "warmup_epoch": 1, "pretrained": False, "eval_freq": 1,
+                  "save_predictions": True},
         "spaces": {"linear": {"lr": {"grid": [0.001, 0.01]}},
                    "lora": {"lr": {"grid": [0.001, 0.01]}, "lora_bottleneck": {"grid": [1, 8]}},
                    # 1e30 diverges: that trial must fail and its cell still complete
@@ -152,3 +153,22 @@ def test_report_tables_a_finished_study(finished, tmp_path):
     final = [t for t in trials(study_dir) if t["cell"] == "digits/lora" and t["phase"] == "final"][0]
     assert float(rows["lora"]["digits"]) == pytest.approx(final["metrics"]["test_top1"], abs=1e-3)
     assert set(rows) == {"linear", "lora", "full"} and (tmp_path / "datasets.md").is_file()
+
+
+def test_final_runs_keep_test_predictions_and_report_their_overlap(finished, tmp_path):
+    import csv
+
+    import numpy as np
+
+    from search.cli import main
+    _, study_dir, client = finished
+    experiment = client.get_experiment_by_name("it-study")
+    finals = client.search_runs([experiment.experiment_id], "tags.phase = 'final'")
+    assert len(finals) == 3
+    for run in finals:
+        saved = np.load(client.download_artifacts(run.info.run_id, "predictions/test.npz", str(tmp_path)))
+        top1 = 100.0 * (saved["logits"].argmax(1) == saved["labels"]).mean()
+        assert top1 == pytest.approx(run.data.metrics["test_top1"], abs=1e-6)
+    assert main(["report", str(study_dir), "--out", str(tmp_path / "report"), "--top-k", "20"]) == 0
+    rows = list(csv.DictReader((tmp_path / "report" / "overlap.csv").open()))
+    assert {r["method"] for r in rows} == {"linear", "lora", "full"}

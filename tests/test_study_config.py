@@ -108,7 +108,7 @@ def test_includes_merge_under_the_study(base, tmp_path):
 
 
 def test_unreachable_tracking_server_is_reported_before_any_trial(base, tmp_path, capsys):
-    from tests.conftest import free_port
+    from search.localcluster import free_port
     study_file = tmp_path / "study.yaml"
     uri = f"http://127.0.0.1:{free_port()}"
     study_file.write_text(yaml.safe_dump(mutate(base, "mlflow", {"tracking_uri": uri})))

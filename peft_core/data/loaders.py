@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
@@ -12,6 +14,7 @@ from .lists import ListDataset
 # phase -> (train list, eval list) of the processed VTAB-1K layout (SPEC 4.1)
 SPLITS = {"tune": ("train800.txt", "val200.txt"), "final": ("train800val200.txt", "test.txt")}
 FORMATS = ("vtab", "imagefolder", "lists", "cifar100")
+TRANSFORMS = ("resize", "randaugment")
 
 
 @dataclass
@@ -46,6 +49,31 @@ def image_transform(img_size: int, mean, std, normalize: bool) -> transforms.Com
     return transforms.Compose(steps)
 
 
+def build_transforms(recipe: str, img_size: int, mean, std, normalize: bool) -> tuple[Callable, Callable]:
+    """(training, evaluation) transforms of a recipe.
+
+    ``resize`` (VTAB-1K): ``image_transform`` for both, no augmentation. ``randaugment`` (few-shot
+    ImageNet, as PETL_Vision ran it): training is timm's random-resized crop, flip, colour jitter
+    0.4, RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (bicubic); evaluation is a
+    bicubic resize to 256/224 of the size and a centre crop.
+    """
+    if recipe not in TRANSFORMS:
+        raise ValueError(f"unknown transform '{recipe}'; allowed: {', '.join(TRANSFORMS)}")
+    if recipe == "resize":
+        plain = image_transform(img_size, mean, std, normalize)
+        return plain, plain
+    if not normalize:  # timm always normalises; the identity keeps pixels in [0, 1]
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    train = create_transform(img_size, is_training=True, color_jitter=0.4,
+                             auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
+                             re_prob=0.25, re_mode="pixel", re_count=1, mean=mean, std=std)
+    resized = int(256 / 224 * img_size)
+    evaluation = transforms.Compose([
+        transforms.Resize((resized, resized), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(img_size), transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return train, evaluation
+
+
 def _read_indices(path: Path) -> list[int]:
     if not path.is_file():
         raise ValueError(f"index file not found: {path}")
@@ -61,9 +89,11 @@ def _num_classes(dataset: Dataset) -> int:
     return max(targets) + 1
 
 
-def build_datasets(spec: DataSpec, phase: str, transform) -> tuple[Dataset, Dataset, int]:
+def build_datasets(spec: DataSpec, phase: str, transform,
+                   train_transform=None) -> tuple[Dataset, Dataset, int]:
     """(train set, evaluation set, class count) for ``phase`` ``tune`` (train/val) or ``final``
-    (train+val/test). Missing folders, lists or images are one-line errors naming the path."""
+    (train+val/test). ``train_transform`` (default ``transform``) is the training set's.
+    Missing folders, lists or images are one-line errors naming the path."""
     if phase not in SPLITS:
         raise ValueError(f"unknown phase '{phase}'; allowed: {', '.join(SPLITS)}")
     if spec.format not in FORMATS:
@@ -71,24 +101,27 @@ def build_datasets(spec: DataSpec, phase: str, transform) -> tuple[Dataset, Data
     root = Path(spec.root)
     if not root.is_dir():
         raise ValueError(f"data root not found: {root}")
+    train_transform = train_transform or transform
     if spec.format == "vtab":
         folder = root / spec.task
         if not folder.is_dir():
             raise ValueError(f"task folder not found: {folder}")
         train_name, eval_name = SPLITS[phase]
-        train, evaluation = (ListDataset(folder, folder / n, transform) for n in (train_name, eval_name))
+        train = ListDataset(folder, folder / train_name, train_transform)
+        evaluation = ListDataset(folder, folder / eval_name, transform)
     elif spec.format == "lists":
         eval_name = spec.val_list if phase == "tune" else spec.test_list
-        train = ListDataset(root, root / spec.train_list, transform)
+        train = ListDataset(root, root / spec.train_list, train_transform)
         evaluation = ListDataset(root, root / eval_name, transform)
     elif spec.format == "imagefolder":
         folders = [root / "train", root / ("val" if phase == "tune" else "test")]
         for folder in folders:
             if not folder.is_dir():
                 raise ValueError(f"image folder not found: {folder}")
-        train, evaluation = (datasets.ImageFolder(str(f), transform=transform) for f in folders)
+        train = datasets.ImageFolder(str(folders[0]), transform=train_transform)
+        evaluation = datasets.ImageFolder(str(folders[1]), transform=transform)
     else:
-        train, evaluation = _cifar100(spec, root, phase, transform)
+        train, evaluation = _cifar100(spec, root, phase, transform, train_transform)
     for dataset in (train, evaluation):
         if isinstance(dataset, ListDataset):
             dataset.check_files()
@@ -99,14 +132,20 @@ def build_datasets(spec: DataSpec, phase: str, transform) -> tuple[Dataset, Data
     return train, evaluation, spec.num_classes or found
 
 
-def _cifar100(spec: DataSpec, root: Path, phase: str, transform):
+def _cifar100(spec: DataSpec, root: Path, phase: str, transform, train_transform):
+    def split(train: bool, tf):
+        return datasets.CIFAR100(str(root), train=train, download=False, transform=tf)
+
     try:
-        full_train = datasets.CIFAR100(str(root), train=True, download=False, transform=transform)
-        test = datasets.CIFAR100(str(root), train=False, download=False, transform=transform)
+        full_train = split(True, train_transform)
+        if phase == "final":
+            evaluation = split(False, transform)
+        else:  # val images come from the train split, without its augmentation
+            evaluation = full_train if transform is train_transform else split(True, transform)
     except RuntimeError:
         raise ValueError(f"CIFAR-100 not found under {root} (torchvision's cifar-100-python layout)") from None
     train_idx = _read_indices(root / spec.train_list)
     val_idx = _read_indices(root / spec.val_list)
     if phase == "tune":
-        return Subset(full_train, train_idx), Subset(full_train, val_idx)
-    return Subset(full_train, train_idx + val_idx), test
+        return Subset(full_train, train_idx), Subset(evaluation, val_idx)
+    return Subset(full_train, train_idx + val_idx), evaluation

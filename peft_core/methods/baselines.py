@@ -23,6 +23,7 @@ class Full(MethodConfig):
     name = "full"
     trains = "every parameter"
     identity_at_init = True
+    changes_weights = True
 
     def attach(self, model) -> None:
         model.requires_grad_(True)

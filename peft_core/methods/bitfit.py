@@ -36,6 +36,7 @@ class BitFit(MethodConfig):
     name = "bitfit"
     trains = "every bias outside the head (qkv, proj, fc1, fc2, LayerNorms, patch embed)"
     identity_at_init = True
+    changes_weights = True
 
     def attach(self, model) -> None:
         train_biases(model)
@@ -47,6 +48,7 @@ class LayerNormTune(MethodConfig):
     name = "ln"
     trains = "every LayerNorm weight and bias"
     identity_at_init = True
+    changes_weights = True
 
     def attach(self, model) -> None:
         train_layernorms(model)
@@ -58,6 +60,7 @@ class DiffFit(MethodConfig):
     name = "difffit"
     trains = "biases, LayerNorm weights, and per-block gains on the attention and MLP branches"
     identity_at_init = True
+    changes_weights = True
 
     def attach(self, model) -> None:
         train_biases(model)

@@ -30,6 +30,7 @@ class AttnTune(MethodConfig):
     name = "attn_tune"
     trains = "qkv and/or proj of the listed blocks"
     identity_at_init = True
+    changes_weights = True
     attention_index: list[int] = hp([-1], "block indices")
     attention_type: str = hp("both", "which projections", choices=["qkv", "proj", "both"])
 
@@ -44,6 +45,7 @@ class MlpTune(MethodConfig):
     name = "mlp_tune"
     trains = "fc1 and/or fc2 of the listed blocks"
     identity_at_init = True
+    changes_weights = True
     mlp_index: list[int] = hp([-1], "block indices")
     mlp_type: str = hp("both", "which layers", choices=["fc1", "fc2", "both"])
 
@@ -58,6 +60,7 @@ class BlockTune(MethodConfig):
     name = "block_tune"
     trains = "every weight of the listed blocks"
     identity_at_init = True
+    changes_weights = True
     block_index: list[int] = hp([-1], "block indices")
 
     def attach(self, model) -> None:

@@ -3,7 +3,7 @@
 Each block gets ``vqt_num`` query tokens appended to its input, with an attention mask that
 hides them from every key, so the other tokens compute exactly what they would without them.
 Their block outputs, through the model's final norm, are combined with the normed CLS feature
-by a learned weighting (init ones) into the feature the head sees.
+by a learned weighting (init ones) into the pooled feature (what ``fc_norm`` and the head read).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class QueryCombiner(InsertedModule):
         self._norm = (norm,)  # the model's frozen final norm
         self.outputs: list[torch.Tensor] = []
 
-    def combine(self, head: nn.Module, args: tuple) -> tuple:
+    def combine(self, fc_norm: nn.Module, args: tuple) -> tuple:
         cls = args[0]
         queries = self._norm[0](torch.cat(self.outputs, dim=1))  # (B, L*T, D)
         self.outputs = []
@@ -74,4 +74,5 @@ class VQT(MethodConfig):
             block.vqt_queries = QueryTokens(self.vqt_num, model.embed_dim, bound, model.vqt)
             block.register_forward_pre_hook(block.vqt_queries.append, with_kwargs=True)
             block.register_forward_hook(block.vqt_queries.collect, with_kwargs=True)
-        model.get_classifier().register_forward_pre_hook(model.vqt.combine)
+        # Before fc_norm (empty on the study's towers; CLIP's projection with a text head).
+        model.fc_norm.register_forward_pre_hook(model.vqt.combine)

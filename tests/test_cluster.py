@@ -1,0 +1,118 @@
+"""A real two-node Ray cluster on this machine (``ray start`` head + worker, token auth on):
+submit a study through ``peft-search submit``, lose the worker node mid-trial, and check that
+the study completes with the lost trials continued from their checkpoints."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.driver import summarize
+from search.localcluster import LocalCluster, free_port, wait_for
+from search.state import SEARCH_STATE, read_json
+
+EPOCHS = 10
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with one trial slot and a worker node with two, token auth on."""
+    with LocalCluster(workers=1, cpus=2, head_cpus=1) as local:
+        yield local
+
+
+def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_study(path: Path, minivtab: Path, storage: Path, tracking_uri: str) -> Path:
+    study = {
+        "name": "cluster-it", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+        "datasets": ["digits"], "methods": ["lora", "adaptformer"],
+        "train": {"epoch": EPOCHS, "warmup_epoch": 1, "pretrained": False, "eval_freq": 1},
+        "spaces": {"lora": {"lr": {"loguniform": [1e-3, 1e-2]}},
+                   "adaptformer": {"lr": {"loguniform": [1e-3, 1e-2]}}},
+        "search": {"sampler": "random", "num_samples": 3, "max_concurrent": 3, "max_failures": 2,
+                   # Fresh actors: with reuse, Tune hands every trial to the head's idle actor
+                   # before a worker actor on this busy 2-core machine has even imported torch.
+                   "reuse_actors": False},
+        "resources": {"cpu": 1}, "mlflow": {"tracking_uri": tracking_uri}, "storage_path": str(storage),
+    }
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_cluster_submit_survives_losing_a_worker_node(cluster, tmp_path, minivtab, mlflow_server):
+    env, address = cluster.env, cluster.address
+    study_dir = tmp_path / "shared" / "cluster-it"
+    study_file = write_study(tmp_path / "study.yaml", minivtab, study_dir, mlflow_server)
+    submitted = _cli(env, "submit", str(study_file), "--address", address, "--requirements", "none")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+
+    def job() -> dict:
+        answer = _cli(env, "jobs", "status", job_id, "--address", address, "--json")
+        assert answer.returncode == 0, answer.stderr
+        return json.loads(answer.stdout)
+
+    def records() -> dict:
+        return (read_json(study_dir / SEARCH_STATE) or {"trials": {}})["trials"]
+
+    # Wait until a trial on the worker node has a checkpoint past epoch 1, then lose the node.
+    wait_for(lambda: job()["driver_node_id"], 120, "the job's driver", cluster.head.log)
+    head_node = job()["driver_node_id"]
+
+    lost: dict[str, int] = {}
+
+    def worker_trials() -> dict:
+        lost.update({t["trial_id"]: t["epochs"] for t in records().values() if t["status"] == "running"
+                     and t["epochs"] >= 2 and t.get("nodes") and t["nodes"][-1] != head_node})
+        return lost
+    wait_for(worker_trials, 300, "a trial on the worker node past epoch 1", cluster.head.log, poll_s=0.2)
+    cluster.workers[0].kill()
+
+    wait_for(lambda: job()["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 400, "the job to end", cluster.head.log)
+    logs = _cli(env, "jobs", "logs", job_id, "--address", address).stdout
+    assert job()["status"] == "SUCCEEDED", logs[-3000:]
+
+    summary = summarize(study_dir)
+    assert summary["cells_done"] == 2 and summary["trials_running"] == 0 and summary["trials_failed"] == 0
+    trials = records()
+    assert len(trials) == 2 * 3 + 2
+    assert any(n != head_node for t in trials.values() for n in t["nodes"]), "nothing ran on the worker"
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("cluster-it")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.phase != 'cell'", max_results=100)
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials), "each trial once in MLflow"
+    for trial_id, epochs_at_loss in lost.items():
+        record = trials[trial_id]
+        assert record["status"] == "completed" and record["epochs"] == EPOCHS
+        assert record["nodes"][-1] == head_node, "the lost trial finished on the surviving node"
+        run = next(r for r in runs if r.data.tags["trial_id"] == trial_id)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")]
+        # continued from its checkpoint: no epoch before the loss was trained (or logged) twice
+        assert steps.count(1) == 1 and sorted(set(steps)) == list(range(1, EPOCHS + 1)), steps
+
+
+def test_submit_without_shared_storage_path_is_refused_before_anything_runs(tmp_path, minivtab):
+    study_file = tmp_path / "study.yaml"
+    write_study(study_file, minivtab, tmp_path / "unused", "file:" + str(tmp_path / "mlruns"))
+    study = yaml.safe_load(study_file.read_text())
+    del study["storage_path"]
+    study_file.write_text(yaml.safe_dump(study))
+    answer = _cli({**os.environ, "RAY_ADDRESS": "http://127.0.0.1:9"}, "submit", str(study_file))
+    assert answer.returncode == 2 and "storage_path: not set" in answer.stderr
+    assert len(answer.stderr.strip().splitlines()) == 1 and not (tmp_path / "unused").exists()
+
+
+def test_submit_to_an_unreachable_cluster_is_one_line(tmp_path, minivtab):
+    study_file = write_study(tmp_path / "study.yaml", minivtab, tmp_path / "shared", "file:" + str(tmp_path / "m"))
+    answer = _cli(dict(os.environ), "submit", str(study_file), "--address", f"http://127.0.0.1:{free_port()}")
+    assert answer.returncode == 2 and "cannot reach the Ray dashboard" in answer.stderr
+    assert len(answer.stderr.strip().splitlines()) == 1
