@@ -27,11 +27,11 @@ def free_port() -> int:
 class RayNode:
     """One ``ray start --block`` process in its own session, with everything it starts."""
 
-    def __init__(self, args: list[str], env: dict, log: Path) -> None:
+    def __init__(self, args: list[str], env: dict, log: Path, wrapper: list[str] = ()) -> None:
         ray = Path(sys.executable).with_name("ray")
         self.log = log
-        self.proc = subprocess.Popen([str(ray), "start", "--block", *args], env=env, stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen([*wrapper, str(ray), "start", "--block", *args], env=env,
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
         """SIGKILL every process of the node at once: a machine that dies."""
@@ -60,10 +60,12 @@ def wait_for(predicate, timeout_s: float, what: str, log: Path | None = None, po
 class LocalCluster:
     """``with LocalCluster(workers=1, cpus=2) as c:`` -> ``c.address`` (Jobs API), ``c.env``
     (what a client needs: the token), ``c.head``, ``c.workers``. ``head_cpus`` defaults to
-    ``cpus``."""
+    ``cpus``; ``worker_wrapper`` prefixes the workers' command (e.g. ``unshare`` to give them a
+    filesystem view of their own)."""
 
     def __init__(self, workers: int = 1, cpus: int = 2, head_cpus: int | None = None,
-                 object_store_mb: int = 200) -> None:
+                 object_store_mb: int = 200, worker_wrapper: list[str] = ()) -> None:
+        self.worker_wrapper = list(worker_wrapper)
         self.root = Path(tempfile.mkdtemp(prefix="psc", dir="/tmp"))  # short: Ray's socket paths are limited
         token = self.root / "token"
         token.write_text(secrets.token_hex(32))
@@ -94,7 +96,7 @@ class LocalCluster:
             wait_for(self._jobs_api_up, 90, "the head's Jobs API", self.head.log)
             for i in range(self.n_workers):
                 node = RayNode(["--address", f"127.0.0.1:{gcs}", *self._node_args(f"w{i}", self.cpus)],
-                               self.env, self.root / f"worker{i}.log")
+                               self.env, self.root / f"worker{i}.log", self.worker_wrapper)
                 self.workers.append(node)
                 wait_for(lambda: "Ray runtime started" in node.log.read_text(), 90, f"worker {i}", node.log)
         except BaseException:

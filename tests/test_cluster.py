@@ -3,6 +3,7 @@ submit a study through ``peft-search submit``, lose the worker node mid-trial, a
 the study completes with the lost trials continued from their checkpoints."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,22 @@ def test_submit_to_an_unreachable_cluster_is_one_line(tmp_path, minivtab):
     answer = _cli(dict(os.environ), "submit", str(study_file), "--address", f"http://127.0.0.1:{free_port()}")
     assert answer.returncode == 2 and "cannot reach the Ray dashboard" in answer.stderr
     assert len(answer.stderr.strip().splitlines()) == 1
+
+
+def test_cluster_storage_path_a_node_cannot_see_stops_the_job_naming_the_node(tmp_path, minivtab):
+    """The worker node runs in a mount namespace of its own where the study's storage is an
+    empty tmpfs: the job must stop before any trial, say which node, and leave nothing."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private mount namespace needs root and util-linux unshare")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs none "{shared}" && exec "$@"', "hide-storage"]
+    with LocalCluster(workers=1, cpus=1, head_cpus=1, worker_wrapper=hide) as local:
+        study_file = write_study(tmp_path / "study.yaml", minivtab, shared / "cluster-it",
+                                 "file:" + str(tmp_path / "mlruns"))
+        answer = _cli(local.env, "submit", str(study_file), "--address", local.address,
+                      "--requirements", "none", "--follow")
+    assert answer.returncode == 1 and "ended FAILED" in answer.stderr
+    assert "not shared by every node; node(s)" in answer.stdout, answer.stdout[-2000:]
+    assert list(shared.iterdir()) == [], "nothing written where the study would have been"
