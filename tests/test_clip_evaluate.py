@@ -99,3 +99,19 @@ def test_ood_evaluate_refuses_a_run_that_is_not_a_final_run(clip_final_run, caps
     assert code == 2 and "not a finished final run" in err and len(err.splitlines()) == 1
     assert main(["evaluate", "--run", run["run_id"], "--tracking-uri", run["uri"], "--data", "imagenet_x=/"]) == 2
     assert "NAME one of imagenet" in capsys.readouterr().err
+
+
+def test_ood_evaluate_an_export_logs_under_the_run_it_names(clip_final_run, tmp_path, capsys):
+    import json
+    import shutil
+    run = clip_final_run
+    export = tmp_path / "export" / "imagenet__lora"
+    export.mkdir(parents=True)
+    for name in ("config.yaml", "adapter.safetensors"):
+        shutil.copy(tmp_path / name, export / name)
+    (export / "metrics.json").write_text(json.dumps({"run_id": run["run_id"], "tracking_uri": run["uri"]}))
+    roots = {"imagenet_sketch": run["roots"]["imagenet_sketch"]}
+    assert main(["evaluate", "--export", str(export), "--json", *data_args(roots)]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    logged = run["client"].get_run(run["run_id"]).data.metrics
+    assert logged["eval_imagenet_sketch_top1"] == pytest.approx(printed["imagenet_sketch"]["top1"])

@@ -136,3 +136,25 @@ def test_cluster_storage_path_a_node_cannot_see_stops_the_job_naming_the_node(tm
     assert answer.returncode == 1 and "ended FAILED" in answer.stderr
     assert "not shared by every node; node(s)" in answer.stdout, answer.stdout[-2000:]
     assert list(shared.iterdir()) == [], "nothing written where the study would have been"
+
+
+def test_submit_ships_the_code_the_study_with_absolute_paths_and_the_project_requirements(tmp_path, minivtab):
+    from search.cluster import STUDY_FILE, project_requirements, runtime_env, stage_job
+    from search.study import load_study
+    study_file = write_study(tmp_path / "study.yaml", minivtab, tmp_path / "shared" / "s", "file:/tmp/m")
+    study = yaml.safe_load(study_file.read_text())
+    study.update(data_root=os.path.relpath(minivtab, tmp_path), storage_path="shared/s")  # relative to the file
+    study_file.write_text(yaml.safe_dump(study))
+    job = tmp_path / "job"
+    job.mkdir()
+    _, study_dir = stage_job(study_file, None, job)
+    assert study_dir == str(tmp_path / "shared" / "s")
+    assert (job / "search" / "cli.py").is_file() and (job / "peft_core" / "train.py").is_file()
+    shipped = yaml.safe_load((job / STUDY_FILE).read_text())
+    assert shipped["data_root"] == str(minivtab) and shipped["storage_path"] == study_dir
+    assert load_study(job / STUDY_FILE).datasets["digits"].data_path == str(minivtab)
+    env = runtime_env(job, project_requirements())
+    packages = env["pip"]["packages"]
+    assert env["working_dir"] == str(job) and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert any(p.startswith("torch") for p in packages) and any(p.startswith("ray[") for p in packages)
+    assert not any("extra ==" in p for p in packages)  # test and bench extras stay home
