@@ -5,7 +5,8 @@ grid point trained to the end) and the service's default (TPE over the same grid
 epochs). Target: TPE + ASHA spends <= 1/3 of the grid's epochs and reaches its best val top-1
 within 0.5 points.
 
-    python benchmarks/search_efficiency.py [--data data/minivtab] [--json]
+    python benchmarks/search_efficiency.py [--data data/minivtab] [--datasets digits_rot fashion_unseen]
+        [--samples 8] [--grace 1] [--reduction 3] [--warm-start] [--json]
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["digits_rot"])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--grace", type=int, default=2, help="ASHA grace period (epochs)")
+    parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
+    parser.add_argument("--warm-start", action="store_true", help="search.warm_start: true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     build_minivtab(args.data, args.datasets)
@@ -51,8 +55,8 @@ def main() -> None:
         grid = run(Path(tmp) / "grid", study(args.data.resolve(), args.datasets, args.epochs,
                                              {"sampler": "grid", "num_samples": "grid", "asha": None}))
         tpe = run(Path(tmp) / "tpe", study(args.data.resolve(), args.datasets, args.epochs, {
-            "sampler": "tpe", "num_samples": args.samples,
-            "asha": {"grace_period": 2, "reduction_factor": 3, "max_t": args.epochs}}))
+            "sampler": "tpe", "num_samples": args.samples, "warm_start": args.warm_start,
+            "asha": {"grace_period": args.grace, "reduction_factor": args.reduction, "max_t": args.epochs}}))
     rows = {}
     for cell in grid:
         rows[cell] = {"grid": grid[cell], "tpe_asha": tpe[cell],

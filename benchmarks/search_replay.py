@@ -5,7 +5,8 @@ cell's grid is searched again by ``search.sampling.CellSampler`` (TPE as the ser
 it), looking results up in the table instead of training. Printed per cell: the fraction of the
 grid evaluated before reaching the grid's best val top-1 within 0.5 points, for cold TPE, for TPE
 with the searcher's warm start (points ranked by how well they did for the same method on the
-other tasks, this task left out), and for random order (exact expectation). The last line is JSON:
+other tasks and for the other methods on this task, compared on the keys they share; this cell
+left out), and for random order (exact expectation). The last line is JSON:
 ``median_fraction`` (warm-started TPE, the service's configuration with ``warm_start: true``),
 ``median_fraction_cold`` and ``median_random``.
 
@@ -90,10 +91,11 @@ def main() -> None:
     cells = {}
     for cell, table in tables.items():
         task, method = cell.split("/")
-        # Warm start from the same method on the other tasks (this task left out).
-        others = [list(t.values()) for c, t in tables.items()
-                  if c.endswith(f"/{method}") and not c.startswith(f"{task}/")]
-        warm = warm_start_points(others, warm_limit(len(table)))
+        # Warm start as the searcher does: the same method on the other tasks and the other
+        # methods on this task (this cell left out), compared on the keys they share.
+        others = [list(t.values()) for c, t in tables.items() if c != cell
+                  and (c.endswith(f"/{method}") or c.startswith(f"{task}/"))]
+        warm = warm_start_points([p for p, _ in table.values()], others, warm_limit(len(table)))
         cold = statistics.mean(tpe_fraction(table, seed) for seed in range(args.seeds))
         warmed = statistics.mean(tpe_fraction(table, seed, warm) for seed in range(args.seeds))
         cells[cell] = {"grid": len(table), "tpe": cold, "tpe_warm": warmed, "random": random_fraction(table)}

@@ -31,25 +31,35 @@ def make_sampler(name: str, seed: int, space_size: int | None = None) -> optuna.
 
 
 def warm_limit(space_size: int) -> int:
-    """How many transferred points a cell tries before its own sampler takes over."""
-    return max(1, space_size // 8)
+    """How many transferred points a cell tries before its own sampler takes over: one, two on
+    grids of 16 points or more (a poor guess costs a larger share of a small grid)."""
+    return 2 if space_size >= 16 else 1
 
 
-def warm_start_points(histories: list[list[tuple[dict, float]]], limit: int) -> list[dict]:
-    """Points to try first in a cell, from finished cells of the same method elsewhere.
+def warm_start_points(candidates: list[dict], histories: list[list[tuple[dict, float]]],
+                      limit: int) -> list[dict]:
+    """The ``limit`` candidate points that did best in other cells' finished trials.
 
-    Each history is ``[(params, value), ...]``; points are ranked by their mean percentile
-    across histories (a point that is good on most other datasets first), up to ``limit``.
+    Each history is ``[(params, value), ...]`` of one other cell: the same method on another
+    dataset, or another method on the same dataset. A candidate is compared with a history on
+    the keys they share (every key within a method; lr, wd, drop_path_rate across methods) and
+    scored by its mean percentile there (0.5 where the history never tried it); candidates are
+    ranked by their mean over histories.
     """
-    percentiles: dict[str, list[float]] = {}
-    params_of: dict[str, dict] = {}
+    scores: dict[str, list[float]] = {}
     for history in histories:
-        ranked = sorted(history, key=lambda pv: pv[1])
-        for position, (params, _) in enumerate(ranked, start=1):
-            percentiles.setdefault(_key(params), []).append(position / len(ranked))
-            params_of[_key(params)] = params
-    order = sorted(percentiles, key=lambda k: -sum(percentiles[k]) / len(percentiles[k]))
-    return [params_of[k] for k in order[:limit]]
+        shared = sorted(set(candidates[0]) & set(history[0][0])) if candidates and history else []
+        if not shared:
+            continue
+        seen: dict[str, list[float]] = {}
+        for position, (params, _) in enumerate(sorted(history, key=lambda pv: pv[1]), start=1):
+            seen.setdefault(_key({k: params[k] for k in shared}), []).append(position / len(history))
+        for point in candidates:  # a point this history never tried counts as its middle
+            found = seen.get(_key({k: point[k] for k in shared}), [0.5])
+            scores.setdefault(_key(point), []).append(sum(found) / len(found))
+    scored = [p for p in candidates if _key(p) in scores]
+    scored.sort(key=lambda p: -sum(scores[_key(p)]) / len(scores[_key(p)]))
+    return scored[:limit]
 
 
 def _key(params: dict[str, Any]) -> str:

@@ -151,12 +151,16 @@ class StudySearcher(Searcher):
         return self._register(trial_id, cell, "tune", params, trial.number, None)
 
     def _warm_start_points(self, cell: Cell) -> list[dict]:
-        """Points that did well for the same method on the other datasets (beyond the study)."""
-        histories = [[(t["params"], t["value"]) for t in self._trials(other, "tune")
-                      if t["status"] == "completed" and t["value"] is not None]
-                     for other in self.study.cells() if other.method == cell.method and other != cell]
+        """Points that did well in the finished trials of the same method on other datasets and
+        of other methods on the same dataset (compared on the keys they share)."""
+        related = [other for other in self.study.cells() if other != cell
+                   and (other.method == cell.method or other.dataset == cell.dataset)]
+        histories = {other: [(t["params"], t["value"]) for t in self._trials(other, "tune")
+                             if t["status"] == "completed" and t["value"] is not None] for other in related}
+        candidates = grid_points(self.study.space(cell.method)) or [
+            params for other, history in histories.items() if other.method == cell.method for params, _ in history]
         size = len(grid_points(self.study.space(cell.method))) or self.study.budget(cell)
-        return warm_start_points([h for h in histories if h], warm_limit(size))
+        return warm_start_points(candidates, [h for h in histories.values() if h], warm_limit(size))
 
     def _suggest_final(self, trial_id: str, cell: Cell) -> dict:
         best = self.best_tune_trial(cell)

@@ -187,5 +187,40 @@ def test_warm_start_ranks_points_by_how_they_did_elsewhere():
     from search.sampling import warm_start_points
     a, b, c = {"lr": 1}, {"lr": 2}, {"lr": 3}
     histories = [[(a, 50.0), (b, 70.0), (c, 60.0)], [(a, 40.0), (b, 45.0), (c, 44.0)]]
-    assert warm_start_points(histories, 2) == [b, c]
-    assert warm_start_points([], 3) == []
+    assert warm_start_points([a, b, c], histories, 2) == [b, c]
+    assert warm_start_points([a, b, c], [], 3) == [] and warm_start_points([], histories, 3) == []
+
+
+def test_warm_start_compares_other_methods_on_the_keys_they_share():
+    from search.sampling import warm_start_points
+    # this cell: lr x rank; another method on the same dataset tried lr x wd: lr 3 won there
+    grid = [{"lr": lr, "r": r} for lr in (1, 3) for r in (4, 8)]
+    other_method = [({"lr": 1, "wd": 0}, 50.0), ({"lr": 1, "wd": 1}, 55.0),
+                    ({"lr": 3, "wd": 0}, 80.0), ({"lr": 3, "wd": 1}, 79.0)]
+    same_method_elsewhere = [({"lr": 3, "r": 8}, 90.0), ({"lr": 3, "r": 4}, 60.0),
+                             ({"lr": 1, "r": 8}, 70.0), ({"lr": 1, "r": 4}, 65.0)]
+    assert warm_start_points(grid, [other_method], 2) == [{"lr": 3, "r": 4}, {"lr": 3, "r": 8}]
+    assert warm_start_points(grid, [other_method, same_method_elsewhere], 1) == [{"lr": 3, "r": 8}]
+    assert warm_start_points(grid, [[({"wd": 0}, 1.0)]], 2) == []  # nothing shared: no guess
+
+
+def test_searcher_warm_starts_a_cell_from_its_dataset_and_its_method(tmp_path, base):
+    """A new digits/lora cell first tries the lr that won for full on digits and the rank that
+    won for lora on digits_rot (its own sampler takes over after that)."""
+    from search.searcher import StudySearcher
+    from search.study import Cell
+    study = {**base, "datasets": ["digits", "digits_rot"], "methods": ["full", "lora"],
+             "spaces": {"full": {"lr": {"grid": [0.001, 0.01]}},
+                        "lora": {"lr": {"grid": [0.001, 0.01]}, "lora_bottleneck": {"grid": [1, 4, 8, 16]}}},
+             "search": {"sampler": "tpe", "num_samples": 8, "warm_start": True}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    searcher = StudySearcher(load_study(tmp_path / "study.yaml"), tmp_path)
+    finished = [("digits/full", {"lr": 0.001}, 60.0), ("digits/full", {"lr": 0.01}, 80.0),
+                ("digits_rot/lora", {"lr": 0.01, "lora_bottleneck": 16}, 75.0),
+                ("digits_rot/lora", {"lr": 0.01, "lora_bottleneck": 1}, 55.0),
+                ("digits_rot/lora", {"lr": 0.001, "lora_bottleneck": 16}, 70.0),
+                ("digits_rot/full", {"lr": 0.001}, 99.0)]  # neither the dataset nor the method: ignored
+    for i, (cell, params, value) in enumerate(finished):
+        searcher.state["trials"][f"t{i}"] = {"trial_id": f"t{i}", "cell": cell, "phase": "tune", "params": params,
+                                             "status": "completed", "value": value}
+    assert searcher._warm_start_points(Cell("digits", "lora")) == [{"lr": 0.01, "lora_bottleneck": 16}]
