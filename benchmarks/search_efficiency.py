@@ -48,12 +48,19 @@ def main() -> None:
     parser.add_argument("--grace", type=int, default=2, help="ASHA grace period (epochs)")
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     parser.add_argument("--warm-start", action="store_true", help="search.warm_start: true")
+    parser.add_argument("--grid-from", type=Path, metavar="JSON",
+                        help="the grid's numbers from an earlier --json run with the same data and epochs "
+                             "(the grid is deterministic on the CPU and costs most of the time)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     build_minivtab(args.data, args.datasets)
     with tempfile.TemporaryDirectory() as tmp:
-        grid = run(Path(tmp) / "grid", study(args.data.resolve(), args.datasets, args.epochs,
-                                             {"sampler": "grid", "num_samples": "grid", "asha": None}))
+        if args.grid_from:
+            earlier = json.loads(args.grid_from.read_text().strip().splitlines()[-1])
+            grid = {cell: row["grid"] for cell, row in earlier.items()}
+        else:
+            grid = run(Path(tmp) / "grid", study(args.data.resolve(), args.datasets, args.epochs,
+                                                 {"sampler": "grid", "num_samples": "grid", "asha": None}))
         tpe = run(Path(tmp) / "tpe", study(args.data.resolve(), args.datasets, args.epochs, {
             "sampler": "tpe", "num_samples": args.samples, "warm_start": args.warm_start,
             "asha": {"grace_period": args.grace, "reduction_factor": args.reduction, "max_t": args.epochs}}))

@@ -254,7 +254,8 @@ def load_study(path: str | Path, check_data: bool = True) -> Study:
             for key, dim in spaces.get(method, {}).items():
                 if not dim.categorical:
                     raise c.fail(f"spaces.{method}.{key}", f"grid search needs grid/choice values, got {dim.kind}")
-    asha = _asha(c, search.get("asha"), int(train.get("epoch", TrainConfig.epoch)))
+    asha = _asha(c, search.get("asha"), int(train.get("epoch", TrainConfig.epoch)),
+                 int(train.get("warmup_epoch", TrainConfig.warmup_epoch)))
     final = c.section(raw, "final", _FINAL)
     seeds = c.typed("final.seeds", final.get("seeds", [42]), list)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -372,7 +373,7 @@ def _spaces(c: _Checker, raw: dict, methods: list[str]) -> dict[str, dict[str, D
     return spaces
 
 
-def _asha(c: _Checker, asha: Any, epochs: int) -> dict[str, int] | None:
+def _asha(c: _Checker, asha: Any, epochs: int, warmup: int) -> dict[str, int] | None:
     if asha is None or asha is False:
         return None
     if not isinstance(asha, dict):
@@ -385,4 +386,8 @@ def _asha(c: _Checker, asha: Any, epochs: int) -> dict[str, int] | None:
            "max_t": c.typed("search.asha.max_t", asha.get("max_t", epochs), int, 1)}
     if out["grace_period"] >= min(out["max_t"], epochs):
         raise c.fail("search.asha.grace_period", f"must be below max_t and train.epoch ({min(out['max_t'], epochs)})")
+    if out["grace_period"] <= warmup:
+        # A rung inside the warm-up ranks trials that have only trained at the warm-up lr: noise.
+        raise c.fail("search.asha.grace_period", f"must be above train.warmup_epoch ({warmup}): a rung inside "
+                     "the warm-up ranks models that have barely trained")
     return out

@@ -18,7 +18,7 @@ def write_study(path, minivtab, **overrides):
     study = {
         "name": "it-study", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
         "datasets": ["digits"], "methods": ["linear", "lora", "full"],
-        "train": {"epoch": EPOCHS, "warmup_epoch": 1, "pretrained": False, "eval_freq": 1,
+        "train": {"epoch": EPOCHS, "warmup_epoch": 0, "pretrained": False, "eval_freq": 1,
                   "save_predictions": True},
         "spaces": {"linear": {"lr": {"grid": [0.001, 0.01]}},
                    "lora": {"lr": {"grid": [0.001, 0.01]}, "lora_bottleneck": {"grid": [1, 8]}},

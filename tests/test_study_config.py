@@ -13,7 +13,7 @@ def base(minivtab):
     return {
         "name": "bad", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
         "datasets": ["digits"], "methods": ["linear", "lora"],
-        "train": {"epoch": 3, "warmup_epoch": 1, "pretrained": False},
+        "train": {"epoch": 3, "warmup_epoch": 0, "pretrained": False},
         "spaces": {"lora": {"lr": {"loguniform": [0.0001, 0.01]}, "lora_bottleneck": {"choice": [1, 8]}}},
         "search": {"sampler": "tpe", "num_samples": 2, "asha": {"grace_period": 1, "max_t": 3}},
     }
@@ -59,6 +59,7 @@ CASES = [  # (dotted path, new value, the key the message must name, a word it m
     ("backbone", "resnet50", "backbone", "unknown backbone"),
     ("include", ["methods/missing.yaml"], "include", "file not found"),
     ("search.asha.grace_period", 5, "search.asha.grace_period", "must be below"),
+    ("train.warmup_epoch", 1, "search.asha.grace_period", "above train.warmup_epoch"),
     ("search.sampler", "grid", "spaces.lora.lr", "grid search needs grid/choice"),
     ("final.seeds", [], "final.seeds", "non-empty list"),
     ("resources.gpu", -1, "resources.gpu", ">= 0"),
