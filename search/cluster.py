@@ -108,18 +108,19 @@ def submit(address: str | None, study_file: Path, storage_path: str | None = Non
     return job_id, study_dir
 
 
-def follow(address: str | None, job_id: str, poll_s: float = 1.0, out=sys.stdout) -> str:
-    """Print the job's log as it grows until the job ends; returns its final status."""
-    jobs, shown = client(address), 0
-    while True:
-        status = jobs.get_job_status(job_id)
-        logs = jobs.get_job_logs(job_id)
-        out.write(logs[shown:])
-        out.flush()
-        shown = len(logs)
-        if status.is_terminal():
-            return str(status.value)
-        time.sleep(poll_s)
+def follow(address: str | None, job_id: str, out=sys.stdout) -> str:
+    """Stream the job's log (the Jobs API's log websocket) until the job ends; returns its final
+    status."""
+    import asyncio
+    jobs = client(address)
+
+    async def stream() -> None:
+        async for chunk in jobs.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    asyncio.run(stream())
+    return str(jobs.get_job_status(job_id).value)
 
 
 def job_status(address: str | None, job_id: str) -> dict:

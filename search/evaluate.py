@@ -17,9 +17,6 @@ from peft_core.data.imagenet import SUBSETS as DOMAIN_SETS
 
 from .export import head_classes
 
-WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
-
-
 @dataclass
 class TrainedRun:
     config: dict
@@ -117,7 +114,7 @@ def evaluate_run(run: TrainedRun, sets: dict[str, Path], batch_size: int = 256,
     return {name: {k: r[k] for k in ("top1", "top5", "loss", "n")} for name, r in results.items()}
 
 
-def wise_run(run: TrainedRun, sets: dict[str, Path], alphas=WISE_ALPHAS, batch_size: int = 256) -> dict:
+def wise_run(run: TrainedRun, sets: dict[str, Path], alphas: list[float], batch_size: int = 256) -> dict:
     """WiSE along ``alphas``: {alpha: {set: top1}}; logged as ``wise_<set>_top1`` at step
     ``round(10 * alpha)`` on the run."""
     from peft_core.evaluation import evaluate_domains

@@ -37,6 +37,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _finish(fig: Figure, ax, path: Path, title: str, ylabel: str, categories: list[str] | None = None,
+            grid: str | None = "both") -> Path:
+    """The common end of every plot: category ticks, labels, grid, legend (if any), saved PNG."""
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if grid:
+        ax.grid(axis=grid, alpha=0.3)
+    _legend(ax)
+    return _save(fig, path)
+
+
 def plot_accuracy_vs_params(vtab: Table, path: Path) -> Path:
     """Mean of the three group means against inserted parameters (log scale), one point a method."""
     fig, ax = _figure(8, 5)
@@ -47,10 +60,7 @@ def plot_accuracy_vs_params(vtab: Table, path: Path) -> Path:
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("inserted parameters (log, mean over tasks)")
-    ax.set_ylabel("VTAB-1K test top-1, mean of 3 groups")
-    ax.set_title("Accuracy vs inserted parameters")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Accuracy vs inserted parameters", "VTAB-1K test top-1, mean of 3 groups")
 
 
 def plot_gain_over_linear(scores: dict[str, dict[str, float]], path: Path) -> Path:
@@ -73,12 +83,8 @@ def plot_gain_over_linear(scores: dict[str, dict[str, float]], path: Path) -> Pa
     ax.axhline(0, color="black", linewidth=0.8)
     ax.use_sticky_edges = False  # zero-height ranges must not pin the limits
     ax.margins(y=0.1)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("test top-1 gain over linear probing")
-    ax.set_title("Gain over linear probing per task")
-    ax.grid(axis="y", alpha=0.3)
-    _legend(ax)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Gain over linear probing per task", "test top-1 gain over linear probing",
+                   categories=tasks, grid="y")
 
 
 def plot_group_means(vtab: Table, path: Path) -> Path:
@@ -90,12 +96,8 @@ def plot_group_means(vtab: Table, path: Path) -> Path:
             if r[group] is not None:
                 ax.bar(x + (i - 1) * width, r[group].mean, width, color=f"C{i}",
                        hatch="//" if r[group].partial else None, label=_once(ax, group.capitalize()))
-    ax.set_xticks(range(len(vtab.rows)), [r["method"] for r in vtab.rows], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("VTAB-1K test top-1 (hatched: over part of the group)")
-    ax.set_title("Group means per method")
-    ax.grid(axis="y", alpha=0.3)
-    _legend(ax)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Group means per method", "VTAB-1K test top-1 (hatched: over part of the group)",
+                   categories=[r["method"] for r in vtab.rows], grid="y")
 
 
 def plot_wise(wise: Table, path: Path) -> Path:
@@ -114,11 +116,8 @@ def plot_wise(wise: Table, path: Path) -> Path:
             if p["alpha"] in ("0.0", "1.0"):
                 ax.plot(x, y, "o" if p["alpha"] == "0.0" else "s", color=f"C{i}")
     ax.set_xlabel("ImageNet top-1")
-    ax.set_ylabel("OOD mean top-1 (V2, Sketch, R, A)")
-    ax.set_title("WiSE: zero-shot (○, α=0) to fine-tuned (□, α=1)")
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "WiSE: zero-shot (○, α=0) to fine-tuned (□, α=1)",
+                   "OOD mean top-1 (V2, Sketch, R, A)")
 
 
 def plot_overlap(counts: dict[str, dict], title: str, path: Path) -> Path:
@@ -131,8 +130,6 @@ def plot_overlap(counts: dict[str, dict], title: str, path: Path) -> Path:
         values = [counts[m][part] for m in methods]
         ax.bar(methods, values, bottom=bottom, color=f"C{i}", label=part.replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_ylabel(f"of the K = {counts[methods[0]]['k'] if methods else 0} most confident correct")
-    ax.set_title(title)
     ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    _legend(ax)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title, f"of the K = {counts[methods[0]]['k'] if methods else 0} most confident "
+                   "correct", grid=None)

@@ -135,7 +135,6 @@ class StudySearcher(Searcher):
     def _suggest_tune(self, trial_id: str, cell: Cell) -> dict:
         sampler = self._sampler(cell)
         requeued = self.state.setdefault("requeue", {}).get(cell.id)
-        warm = self._warm_start_points(cell) if self.study.warm_start else []
         fixed = None
         if requeued:
             fixed = requeued.pop(0)
@@ -144,8 +143,9 @@ class StudySearcher(Searcher):
             index = self.state["grid_next"].get(cell.id, 0)
             self.state["grid_next"][cell.id] = index + 1
             fixed = points[index]
-        elif len(self._trials(cell, "tune")) < len(warm):
-            fixed = warm[len(self._trials(cell, "tune"))]
+        elif self.study.warm_start:  # the first trials of a cell: what did well in related cells
+            warm, tried = self._warm_start_points(cell), len(self._trials(cell, "tune"))
+            fixed = warm[tried] if tried < len(warm) else None
         trial = sampler.ask(fixed)
         params = dict(trial.params)
         return self._register(trial_id, cell, "tune", params, trial.number, None)
@@ -157,10 +157,11 @@ class StudySearcher(Searcher):
                    and (other.method == cell.method or other.dataset == cell.dataset)]
         histories = {other: [(t["params"], t["value"]) for t in self._trials(other, "tune")
                              if t["status"] == "completed" and t["value"] is not None] for other in related}
-        candidates = grid_points(self.study.space(cell.method)) or [
-            params for other, history in histories.items() if other.method == cell.method for params, _ in history]
-        size = len(grid_points(self.study.space(cell.method))) or self.study.budget(cell)
-        return warm_start_points(candidates, [h for h in histories.values() if h], warm_limit(size))
+        grid = grid_points(self.study.space(cell.method))
+        candidates = grid or [params for other, history in histories.items() if other.method == cell.method
+                              for params, _ in history]
+        limit = warm_limit(len(grid) or self.study.budget(cell))
+        return warm_start_points(candidates, [h for h in histories.values() if h], limit)
 
     def _suggest_final(self, trial_id: str, cell: Cell) -> dict:
         best = self.best_tune_trial(cell)

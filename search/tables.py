@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 
 from .results import GROUPS, VTAB_TASKS, StudyRuns, manyshot_split, size_order
-from .tabular import Column, Table, mean_score, score
+from .tabular import Column, Score, Table, mean_score, score
 
 DOMAIN_SETS = {"imagenet": "IN", "imagenet_v2": "V2", "imagenet_sketch": "Sketch", "imagenet_r": "R",
                "imagenet_a": "A"}
@@ -30,6 +30,14 @@ def _rank(rows: list[dict], by: str) -> None:
         row["rank"] = rank
 
 
+def _cell_score(runs: StudyRuns, table: Table, cell: tuple[str, str], metric: str, what: str) -> Score | None:
+    """A cell's ``metric`` over its final runs; a cell without it is noted in the table's missing list."""
+    value = score(runs.metric(cell, metric))
+    if value is None:
+        table.missing.append(f"{table.name}: {what}")
+    return value
+
+
 def vtab_table(runs: StudyRuns) -> Table | None:
     """A row per method, a column per VTAB-1K task present, the group means (``*``: over only the
     tasks present), both overall conventions, mean inserted parameters and rank."""
@@ -46,9 +54,7 @@ def vtab_table(runs: StudyRuns) -> Table | None:
     for method in sorted({m for d, m in runs.cells if d in tasks}):
         row: dict = {"method": method}
         for task in tasks:
-            row[task] = score(runs.metric((task, method), "test_top1"))
-            if row[task] is None:
-                table.missing.append(f"vtab1k: {task}/{method}")
+            row[task] = _cell_score(runs, table, (task, method), "test_top1", f"{task}/{method}")
         for group, members in GROUPS.items():
             row[group] = mean_score({t: row.get(t) for t in members}, len(members))
         row["mean_of_groups"] = mean_score({g: row[g] for g in GROUPS}, len(GROUPS))
@@ -70,9 +76,7 @@ def datasets_table(runs: StudyRuns) -> Table | None:
     for method in sorted({m for d, m in runs.cells if d in datasets}):
         row: dict = {"method": method}
         for d in datasets:
-            row[d] = score(runs.metric((d, method), "test_top1"))
-            if row[d] is None:
-                table.missing.append(f"datasets: {d}/{method}")
+            row[d] = _cell_score(runs, table, (d, method), "test_top1", f"{d}/{method}")
         row["mean"] = mean_score({d: row[d] for d in datasets}, len(datasets))
         row["params"] = _params(runs, [(d, method) for d in datasets])
         table.rows.append(row)
@@ -95,9 +99,7 @@ def manyshot_tables(runs: StudyRuns) -> list[Table]:
         for method in sorted({m for d, m in runs.cells if d in sizes.values()}):
             row: dict = {"method": method}
             for size in order:
-                row[size] = score(runs.metric((sizes[size], method), "test_top1"))
-                if row[size] is None:
-                    table.missing.append(f"{table.name}: {sizes[size]}/{method}")
+                row[size] = _cell_score(runs, table, (sizes[size], method), "test_top1", f"{sizes[size]}/{method}")
             table.rows.append(row)
         tables.append(table)
     return tables
@@ -121,9 +123,8 @@ def domain_shift_table(runs: StudyRuns) -> Table | None:
     for dataset, method in sorted(k for k in runs.cells if k[0] in datasets):
         row: dict = {"dataset": dataset, "method": method}
         for s in DOMAIN_SETS:
-            row[s] = score(runs.metric((dataset, method), f"eval_{s}_top1"))
-            if row[s] is None:
-                table.missing.append(f"domain_shift: {dataset}/{method} {DOMAIN_SETS[s]}")
+            row[s] = _cell_score(runs, table, (dataset, method), f"eval_{s}_top1",
+                                 f"{dataset}/{method} {DOMAIN_SETS[s]}")
         row["ood_mean"] = mean_score({s: row[s] for s in OOD_SETS}, len(OOD_SETS))
         table.rows.append(row)
     return table

@@ -192,11 +192,16 @@ def test_ood_folder_layouts_are_labelled_in_imagenet_1k_space(tmp_path):
         domain_set("imagenet_sketch", tmp_path / "nowhere")
 
 
-def test_ood_fewshot_lists_are_seeded_and_disjoint_per_class(tmp_path):
+def write_imagenet_folders(root: Path, train_per_class: int) -> None:
+    """Tiny ImageNet train and val folders (WordNet-id sub-folders) of the shared classes."""
     synsets = imagenet_synsets()
     for index in SHARED_CLASSES:
-        write_images(tmp_path / "train" / synsets[index], 7, index)
-        write_images(tmp_path / "val" / synsets[index], 2, 50 + index)
+        write_images(root / "train" / synsets[index], train_per_class, index)
+        write_images(root / "val" / synsets[index], 2, 50 + index)
+
+
+def test_ood_fewshot_lists_are_seeded_and_disjoint_per_class(tmp_path):
+    write_imagenet_folders(tmp_path, 7)
     out = write_fewshot_lists(tmp_path / "train", tmp_path / "val", tmp_path / "lists", shots=4,
                               val_per_class=2, seed=1)
     lines = {name: (out / f"{name}.txt").read_text().splitlines() for name in ("train", "val", "test")}
@@ -217,10 +222,7 @@ def test_ood_fewshot_lists_are_seeded_and_disjoint_per_class(tmp_path):
 
 
 def test_ood_randaugment_recipe_trains_a_clip_run_on_fewshot_lists(tmp_path):
-    synsets = imagenet_synsets()
-    for index in SHARED_CLASSES:
-        write_images(tmp_path / "train" / synsets[index], 6, index)
-        write_images(tmp_path / "val" / synsets[index], 2, 50 + index)
+    write_imagenet_folders(tmp_path, 6)
     lists = write_fewshot_lists(tmp_path / "train", tmp_path / "val", tmp_path / "lists", shots=4,
                                 val_per_class=2)
     (tmp_path / "one_template.txt").write_text("a photo of a {}.\n")
