@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from peft_core.data.minivtab import build_minivtab
-from search import cluster
-from search.localcluster import LocalCluster
-from search.state import SEARCH_STATE, read_json
+from search.cluster import jobs as cluster
+from search.cluster.local import LocalCluster
+from search.study_folder import SEARCH_STATE, read_json
 
 
 def write_study(folder: Path, data: Path, trials: int, epochs: int) -> Path:

@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from peft_core.data.minivtab import build_minivtab
-from search.driver import run_study, summarize
+from search.tune.driver import run_study
+from search.tune.status import summarize
 
 GRID = {"lr": {"grid": [0.001, 0.003, 0.01]}, "lora_bottleneck": {"grid": [1, 4, 8, 16]}}
 

@@ -1,7 +1,7 @@
 """Replay released tuning results through the project's own sampler configuration.
 
 For every cell (task x method) of a ``tune_summary.csv`` tree (the study's released layout), the
-cell's grid is searched again by ``search.sampling.CellSampler`` (TPE as the service configures
+cell's grid is searched again by ``search.tune.sampling.CellSampler`` (TPE as the service configures
 it), looking results up in the table instead of training. Printed per cell: the fraction of the
 grid evaluated before reaching the grid's best val top-1 within 0.5 points, for cold TPE, for TPE
 with the searcher's warm start (points ranked by how well they did for the same method on the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from search.sampling import CellSampler, _key, make_sampler, warm_limit, warm_start_points
+from search.tune.sampling import CellSampler, _key, make_sampler, warm_limit, warm_start_points
 from search.space import Dimension
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -26,7 +26,7 @@ def mlflow_server(tmp_path_factory):
     import sys
     import time
     import urllib.request
-    from search.localcluster import free_port
+    from search.cluster.local import free_port
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "mlflow-server", "--port", str(port),

@@ -13,7 +13,7 @@ from peft_core.evaluation import evaluate_domains
 from peft_core.train import build_model, train, transforms_for
 from peft_core.wise import WiSE
 from search.cli import main
-from search.report import report
+from search.report.build import report
 
 from .test_clip import domain_folders, peaked_run
 

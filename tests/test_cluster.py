@@ -12,9 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.driver import summarize
-from search.localcluster import LocalCluster, free_port, wait_for
-from search.state import SEARCH_STATE, read_json
+from search.tune.status import summarize
+from search.cluster.local import LocalCluster, free_port, wait_for
+from search.study_folder import SEARCH_STATE, read_json
 
 EPOCHS = 10
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def test_cluster_storage_path_a_node_cannot_see_stops_the_job_naming_the_node(tm
 
 
 def test_submit_ships_the_code_the_study_with_absolute_paths_and_the_project_requirements(tmp_path, minivtab):
-    from search.cluster import STUDY_FILE, project_requirements, runtime_env, stage_job
+    from search.cluster.jobs import STUDY_FILE, project_requirements, runtime_env, stage_job
     from search.study import load_study
     study_file = write_study(tmp_path / "study.yaml", minivtab, tmp_path / "shared" / "s", "file:/tmp/m")
     study = yaml.safe_load(study_file.read_text())

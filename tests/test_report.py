@@ -65,7 +65,7 @@ def test_empty_study_says_what_is_missing(tmp_path, capsys):
 
 
 def test_compare_to_the_same_results_gives_zero_deltas(imported, tmp_path):
-    from search.report import report
+    from search.report.build import report
     uri, _ = imported
     report(uri, "paper", tmp_path, compare_to=(uri, "paper"))
     rows = list(csv.DictReader((tmp_path / "vtab1k.csv").open()))

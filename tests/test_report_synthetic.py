@@ -10,9 +10,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from search.overlap import prediction_overlap
-from search.report import report
-from search.results import dataset_key, manyshot_split
+from search.report.overlap import prediction_overlap
+from search.report.build import report
+from search.report.records import dataset_key, manyshot_split
 
 OURS = {  # (dataset, method): test top-1 of each final run (one per seed)
     ("dtd", "lora"): [70.0, 72.0], ("dtd", "linear"): [60.0], ("dtd", "full"): [65.0],

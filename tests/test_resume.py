@@ -11,8 +11,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from peft_core.train import TrainConfig, train
-from search.driver import summarize
-from search.state import SEARCH_STATE, read_json
+from search.tune.status import summarize
+from search.study_folder import SEARCH_STATE, read_json
 
 EPOCHS = 6
 

@@ -5,10 +5,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.driver import run_study, summarize
-from search.export import export_study
+from search.tune.driver import run_study
+from search.tune.status import summarize
+from search.models.export import export_study
 from search.space import grid_points
-from search.state import ASHA_STATE, SEARCH_STATE, read_json
+from search.study_folder import ASHA_STATE, SEARCH_STATE, read_json
 from search.study import load_study
 
 EPOCHS = 3

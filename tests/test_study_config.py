@@ -109,7 +109,7 @@ def test_includes_merge_under_the_study(base, tmp_path):
 
 
 def test_unreachable_tracking_server_is_reported_before_any_trial(base, tmp_path, capsys):
-    from search.localcluster import free_port
+    from search.cluster.local import free_port
     study_file = tmp_path / "study.yaml"
     uri = f"http://127.0.0.1:{free_port()}"
     study_file.write_text(yaml.safe_dump(mutate(base, "mlflow", {"tracking_uri": uri})))
@@ -153,7 +153,7 @@ def test_method_files_carry_the_method_grids():
 def test_cell_sampler_never_spends_a_trial_on_a_point_twice():
     import optuna
 
-    from search.sampling import CellSampler, _key, make_sampler
+    from search.tune.sampling import CellSampler, _key, make_sampler
     from search.space import parse_dimension
     space = {"lr": parse_dimension("lr", {"grid": [1, 2, 3]}), "r": parse_dimension("r", {"grid": [1, 2]})}
     study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", 0, 6))
@@ -170,7 +170,7 @@ def test_cell_sampler_never_spends_a_trial_on_a_point_twice():
 def test_every_sampler_proposes_points_inside_the_space(name):
     import optuna
 
-    from search.sampling import CellSampler, make_sampler
+    from search.tune.sampling import CellSampler, make_sampler
     from search.space import parse_dimension
     space = {"lr": parse_dimension("lr", {"loguniform": [1e-4, 1e-2]}),
              "wd": parse_dimension("wd", {"uniform": [0.0, 0.1]}),
@@ -185,7 +185,7 @@ def test_every_sampler_proposes_points_inside_the_space(name):
 
 
 def test_warm_start_ranks_points_by_how_they_did_elsewhere():
-    from search.sampling import warm_start_points
+    from search.tune.sampling import warm_start_points
     a, b, c = {"lr": 1}, {"lr": 2}, {"lr": 3}
     histories = [[(a, 50.0), (b, 70.0), (c, 60.0)], [(a, 40.0), (b, 45.0), (c, 44.0)]]
     assert warm_start_points([a, b, c], histories, 2) == [b, c]
@@ -193,7 +193,7 @@ def test_warm_start_ranks_points_by_how_they_did_elsewhere():
 
 
 def test_warm_start_compares_other_methods_on_the_keys_they_share():
-    from search.sampling import warm_start_points
+    from search.tune.sampling import warm_start_points
     # this cell: lr x rank; another method on the same dataset tried lr x wd: lr 3 won there
     grid = [{"lr": lr, "r": r} for lr in (1, 3) for r in (4, 8)]
     other_method = [({"lr": 1, "wd": 0}, 50.0), ({"lr": 1, "wd": 1}, 55.0),
@@ -208,7 +208,7 @@ def test_warm_start_compares_other_methods_on_the_keys_they_share():
 def test_searcher_warm_starts_a_cell_from_its_dataset_and_its_method(tmp_path, base):
     """A new digits/lora cell first tries the lr that won for full on digits and the rank that
     won for lora on digits_rot (its own sampler takes over after that)."""
-    from search.searcher import StudySearcher
+    from search.tune.searcher import StudySearcher
     from search.study import Cell
     study = {**base, "datasets": ["digits", "digits_rot"], "methods": ["full", "lora"],
              "spaces": {"full": {"lr": {"grid": [0.001, 0.01]}},

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from peft_core.data.minivtab import build_minivtab
 
-from .driver import run_study, summarize
-from .study import load_study
+from ..study import load_study
+from .driver import run_study
+from .status import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "spaces" / "demo.yaml"

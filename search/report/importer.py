@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .tracking import get_experiment_id
+from ..mlflow_layout import get_experiment_id
 
 _TUNE_METRICS = ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5")
 _FINAL_METRICS = ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5")

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from .space import Dimension, grid_points
+from ..space import Dimension, grid_points
 
 _RETRIES = 8
 

@@ -11,8 +11,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -22,36 +20,12 @@ from ray.tune import Callback
 
 from peft_core.checkpoint import adapter_from_checkpoint
 
-from .state import MLFLOW_RUNS, read_json, write_json
-from .study import Cell, Study
+from ..mlflow_layout import get_experiment_id
+from ..study_folder import MLFLOW_RUNS, read_json, write_json
+from ..study import Cell, Study
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
                  "test_top1", "test_top5", "lr")
-
-
-def default_tracking_uri(study_dir: Path) -> str:
-    return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
-
-
-def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """An http(s) tracking server must answer before any trial starts."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            if response.status != 200:
-                raise ValueError(f"MLflow tracking server {uri} answered HTTP {response.status} on /health")
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ValueError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
-
-
-def get_experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
 
 
 class StudyTracker(Callback):

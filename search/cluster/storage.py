@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from .study import StudyError
+from ..study import StudyError
 
 
 def check_shared_storage(study_dir: Path, timeout_s: float = 120.0) -> int:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from .state import ASHA_STATE, read_json, write_json
-from .study import Study
+from ..study_folder import ASHA_STATE, read_json, write_json
+from ..study import Study
 
 
 class CellASHA(FIFOScheduler):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from .results import GROUPS, VTAB_TASKS, StudyRuns, manyshot_split, size_order
+from .records import GROUPS, VTAB_TASKS, StudyRuns, manyshot_split, size_order
 from .tabular import Column, Score, Table, mean_score, score
 
 DOMAIN_SETS = {"imagenet": "IN", "imagenet_v2": "V2", "imagenet_sketch": "Sketch", "imagenet_r": "R",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import figures, tables
 from .overlap import overlap_table
-from .results import VTAB_TASKS, StudyRuns, load_runs, source_of
+from ..study_folder import tracking_source
+from .records import VTAB_TASKS, StudyRuns, load_runs
 from .tabular import Table, with_deltas, write_table
 
 Source = tuple[str, str] | Path | str  # (tracking URI, experiment) or a study folder
@@ -24,7 +25,7 @@ def resolve(source: Source) -> tuple[str, str]:
     """(tracking URI, experiment) of a study folder or of a (URI, experiment) pair."""
     if isinstance(source, tuple):
         return source
-    return source_of(Path(source))
+    return tracking_source(Path(source))
 
 
 def build_tables(runs: StudyRuns) -> dict[str, Table]:

@@ -45,7 +45,7 @@ def stage_job(study_file: Path, storage_path: str | None, folder: Path) -> tuple
 
     Validates the study as ``run`` would, except the data, which may exist on the cluster only.
     """
-    from .study import StudyError, load_study, portable_mapping
+    from ..study import StudyError, load_study, portable_mapping
     study = load_study(study_file, check_data=False)
     mapping = portable_mapping(study_file)
     if storage_path is not None:

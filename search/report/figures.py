@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .results import GROUPS
+from .records import GROUPS
 from .tabular import Table
 
 BASELINES = ("linear", "full", "zero_shot")  # everything else counts as a PEFT method

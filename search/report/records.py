@@ -109,10 +109,3 @@ def load_runs(tracking_uri: str, experiment: str) -> StudyRuns:
 def _seed_order(run: Run) -> tuple:
     seed = run.data.params.get("seed", "")
     return (not seed.isdigit(), int(seed) if seed.isdigit() else 0, run.info.start_time or 0)
-
-
-def source_of(study_dir: Path) -> tuple[str, str]:
-    """(tracking URI, experiment) of a study folder."""
-    from .driver import load_study_dir
-    study, uri = load_study_dir(Path(study_dir))
-    return uri, study.experiment

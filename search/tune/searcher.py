@@ -17,13 +17,12 @@ import optuna
 from ray.tune.search import Searcher
 
 from .sampling import CellSampler, make_sampler, warm_limit, warm_start_points
-from .space import grid_points
-from .state import SEARCH_STATE, read_json, write_json
-from .study import Cell, Study
+from ..space import grid_points
+from ..study_folder import DONE, SEARCH_STATE, read_json, write_json
+from ..study import Cell, Study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
-DONE = ("completed", "pruned", "failed")
 
 
 def tune_trial_ids(experiment_dir: Path) -> set[str]:

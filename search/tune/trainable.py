@@ -16,8 +16,7 @@ from ray import tune
 
 from peft_core.train import TrainConfig, TrainingDiverged, train
 
-from .state import trial_finished
-
+from ..study_folder import trial_finished
 
 def run_trial(config: dict) -> None:
     trial_id = tune.get_context().get_trial_id()

@@ -7,12 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+from ..cluster.storage import check_shared_storage
+from ..mlflow_layout import check_tracking_server, default_tracking_uri
+from ..study import Study, StudyError, load_study
+from ..study_folder import SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, load_study_dir
 from .scheduler import CellASHA
-from .searcher import DONE, StudySearcher
-from .state import SEARCH_STATE, STUDY_COPY, read_json
-from .storage import check_shared_storage
-from .study import Cell, Study, StudyError, load_study
-from .tracking import StudyTracker, check_tracking_server, default_tracking_uri
+from .searcher import StudySearcher
+from .status import summarize
+from .tracking import StudyTracker
 
 EXPERIMENT = "tune"
 # Tune snapshots its experiment state at most this often (seconds); our own state is per event.
@@ -102,8 +104,8 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
         raise
     print(f"[peft-search] {nodes} Ray node(s); study folder {study_dir}", file=sys.stderr, flush=True)
     shutil.copy(study.source, study_dir / STUDY_COPY)
-    (study_dir / "source.txt").write_text(str(study.source))
-    (study_dir / "tracking_uri.txt").write_text(uri)
+    (study_dir / SOURCE).write_text(str(study.source))
+    (study_dir / TRACKING_URI).write_text(uri)
     tuner = tune.Tuner(
         _trainable(study),
         tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
@@ -113,15 +115,6 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
         run_config=_run_config(study, study_dir, uri))
     tuner.fit()
     return study_dir
-
-
-def load_study_dir(study_dir: Path) -> tuple[Study, str]:
-    study_dir = Path(study_dir)
-    if not (study_dir / SEARCH_STATE).is_file():
-        raise StudyError(f"{study_dir}: not a study folder (no {SEARCH_STATE})")
-    source = Path((study_dir / "source.txt").read_text().strip())
-    study = load_study(source if source.is_file() else study_dir / STUDY_COPY)
-    return study, (study_dir / "tracking_uri.txt").read_text().strip()
 
 
 def resume_study(study_dir: Path) -> Path:
@@ -137,53 +130,3 @@ def resume_study(study_dir: Path) -> Path:
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
     tuner.fit()
     return study_dir
-
-
-def summarize(study_dir: Path) -> dict:
-    """Everything ``peft-search status`` shows, from the study folder alone."""
-    study_dir = Path(study_dir)
-    state = read_json(study_dir / SEARCH_STATE, {"trials": {}})
-    trials = list(state["trials"].values())
-    cells = sorted({t["cell"] for t in trials})
-    try:
-        study, _ = load_study_dir(study_dir)
-        cells = [c.id for c in study.cells()]
-        searcher = StudySearcher(study, study_dir)  # reads the state file; opens nothing
-    except (StudyError, OSError, ValueError):
-        study = None
-    per_cell = {}
-    for cell in cells:
-        mine = [t for t in trials if t["cell"] == cell]
-        tuned = [t for t in mine if t["phase"] == "tune"]
-        finals = [t for t in mine if t["phase"] == "final"]
-        best = max((t for t in tuned if t["status"] == "completed" and t["value"] is not None),
-                   key=lambda t: t["value"], default=None)
-        budget = study.budget(Cell.parse(cell)) if study else len(tuned)
-        finals_done = [t for t in finals if t["status"] == "completed"]
-        done = (searcher.cell_status(Cell.parse(cell)) in ("done", "failed") if study
-                else all(t["status"] in DONE for t in mine))
-        per_cell[cell] = {
-            "done": done, "trials": len(tuned), "budget": budget,
-            "best_val": best["value"] if best else None, "best_params": best["params"] if best else None,
-            "test_top1": [t["metrics"].get("test_top1") for t in finals_done],
-            "epochs": sum(t["epochs"] for t in mine), "tune_epochs": sum(t["epochs"] for t in tuned),
-            "seconds": sum(t["seconds"] for t in mine)}
-    seen: dict[str, int] = {}
-    for t in trials:
-        if t["phase"] == "tune":
-            key = f"{t['cell']}|{sorted(t['params'].items())}"
-            seen[key] = seen.get(key, 0) + 1
-    grid = study is not None and (study.sampler == "grid" or study.num_samples == "grid")
-    return {
-        "cells": per_cell, "cells_done": sum(c["done"] for c in per_cell.values()),
-        "trials_finished": sum(t["status"] in DONE for t in trials),
-        "trials_running": sum(t["status"] not in DONE for t in trials),
-        "trials_completed": sum(t["status"] == "completed" for t in trials),
-        "trials_pruned": sum(t["status"] == "pruned" for t in trials),
-        "trials_failed": sum(t["status"] == "failed" for t in trials),
-        "duplicate_trials": sum(n - 1 for n in seen.values()) if grid else 0,
-        "best": {c: v["best_val"] for c, v in per_cell.items()},
-        "budget": {"epochs": sum(t["epochs"] for t in trials),
-                   "seconds": round(sum(t["seconds"] for t in trials), 2), "trials": len(trials)},
-        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }

@@ -11,8 +11,8 @@ import peft_core
 from peft_core.checkpoint import adapter_from_checkpoint, load_adapter
 from peft_core.train import TrainConfig, build_model
 
-from .state import MLFLOW_RUNS, SEARCH_STATE, read_json
-from .study import StudyError
+from ..study_folder import MLFLOW_RUNS, SEARCH_STATE, read_json
+from ..study import StudyError
 
 
 def trial_checkpoint(study_dir: Path, trial_id: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import StudyRuns
+from .records import StudyRuns
 from .tabular import Column, Table
 
 PREDICTIONS = "predictions"

@@ -1,0 +1,46 @@
+"""The MLflow layout of a study (SPEC section 7), shared by the tuning service that writes it and
+the report that reads it: tag names, phase values, experiment lookup, tracking-URI checks.
+
+One experiment per study; a parent run per cell (``phase=cell``); a child run per trial
+(``phase=tune``) and per final run (``phase=final``).
+"""
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+# Tags every run of a study carries.
+STUDY, CELL, DATASET, METHOD, BACKBONE, PHASE, TRIAL_ID = (
+    "study", "cell", "dataset", "method", "backbone", "phase", "trial_id")
+STATE = "state"  # completed | pruned | failed, set when a trial ends
+PARENT = "mlflow.parentRunId"
+# Values of the ``phase`` tag.
+PHASE_CELL, PHASE_TUNE, PHASE_FINAL = "cell", "tune", "final"
+PHASES = (PHASE_CELL, PHASE_TUNE, PHASE_FINAL)
+
+
+def default_tracking_uri(study_dir: Path) -> str:
+    return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """An http(s) tracking server must answer before any trial starts."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise ValueError(f"MLflow tracking server {uri} answered HTTP {response.status} on /health")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ValueError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+
+
+def get_experiment_id(client, name: str, artifact_root: Path | None) -> str:
+    """The id of experiment ``name`` on ``client`` (an ``MlflowClient``), created when absent."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
