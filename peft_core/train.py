@@ -12,7 +12,6 @@ end, and never selects anything.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import shutil
@@ -21,11 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationError
 from timm.scheduler import CosineLRScheduler
 
 from . import checkpoint as ckpt
@@ -36,6 +36,7 @@ from .data import DataSpec, build_datasets, build_transforms
 from .data.loaders import TRANSFORMS
 from .evaluation import evaluate, save_predictions
 from .features import FeatureCache, cacheable
+from .typed import StrictModel, one_line
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -44,66 +45,62 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite: the trial failed."""
 
 
-@dataclass
-class TrainConfig:
-    """One run, complete and self-describing. Keys follow the study's config files."""
+class TrainSettings(StrictModel):
+    """The training settings a study sets once for all its runs (its ``train:`` section). Keys
+    follow the study's config files."""
 
-    method: str = "linear"
-    hp: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
-    backbone: str = "fmnist_vit_tiny"
-    checkpoint: str | None = None  # local weights file; None: the backbone's shipped weights
     pretrained: bool = True  # False: random init (tests, training from scratch)
-    data: str = "digits"  # task; the study's "processed_vtab-<task>" is accepted
-    data_path: str = ""
-    data_format: str = "vtab"
-    num_classes: int | None = None
     normalize: bool = False
-    transform: str = "resize"  # resize (VTAB-1K, no augmentation) | randaugment (few-shot ImageNet)
+    transform: Literal[TRANSFORMS] = "resize"  # resize (VTAB-1K) | randaugment (few-shot ImageNet)
     class_names: str | None = None  # CLIP text head from these names: "imagenet" or a file; None: random head
     templates: str = "openai"  # the text head's prompt templates: "openai" (CLIP's 80) or a file
-    phase: str = "tune"  # tune: train800 -> val200; final: train800val200 -> test
-    epoch: int = 100
-    warmup_epoch: int = 10
+    epoch: int = Field(100, ge=1)
+    warmup_epoch: int = Field(10, ge=0)
     lr: float = 1e-3
     wd: float = 1e-4
     warmup_lr_init: float = 1e-6
     lr_min: float = 1e-5
-    batch_size: int = 64
-    test_batch_size: int = 512
-    drop_path_rate: float = 0.1
-    seed: int = 42
-    eval_freq: int = 0  # evaluate every N epochs (0: only the first and the last epoch)
-    eval_epochs: list[int] = field(default_factory=list)  # extra epochs to evaluate (ASHA rungs)
-    early_patience: int = 0  # evaluations without improvement before stopping (0: never)
+    batch_size: int = Field(64, ge=1)
+    test_batch_size: int = Field(512, ge=1)
+    drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    eval_freq: int = Field(0, ge=0)  # evaluate every N epochs (0: only the first and the last epoch)
+    early_patience: int = Field(0, ge=0)  # evaluations without improvement before stopping (0: never)
     final_acc_hp: bool = True  # final: test the last epoch; false: train on train, test the best-val epoch
     save_predictions: bool = False  # final: keep test logits + labels (predictions_test.npz by the checkpoint)
     feature_cache: bool | None = None  # None: on for linear probing
     preload: bool | None = None  # keep decoded images in memory; None: when under 1 GiB
     device: str = "auto"
     bf16: bool = False
-    num_workers: int = 0
+    num_workers: int = Field(0, ge=0)
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_type(f.name, f.type, getattr(self, f.name))
-        checks = [("epoch", self.epoch >= 1, ">= 1"), ("warmup_epoch", self.warmup_epoch >= 0, ">= 0"),
-                  ("batch_size", self.batch_size >= 1, ">= 1"),
-                  ("test_batch_size", self.test_batch_size >= 1, ">= 1"),
-                  ("drop_path_rate", 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
-                  ("eval_freq", self.eval_freq >= 0, ">= 0"),
-                  ("early_patience", self.early_patience >= 0, ">= 0"),
-                  ("phase", self.phase in ("tune", "final"), "tune or final"),
-                  ("transform", self.transform in TRANSFORMS, " or ".join(TRANSFORMS))]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"train config: {key}={getattr(self, key)!r} is invalid; allowed: {allowed}")
+
+class TrainConfig(TrainSettings):
+    """One run, complete and self-describing: the settings plus what a cell and a trial decide."""
+
+    method: str = "linear"
+    hp: dict[str, Any] = {}  # the method's hyper-parameters
+    backbone: str = "fmnist_vit_tiny"
+    checkpoint: str | None = None  # local weights file; None: the backbone's shipped weights
+    data: str = "digits"  # task; the study's "processed_vtab-<task>" is accepted
+    data_path: str = ""
+    data_format: str = "vtab"
+    num_classes: int | None = None
+    phase: Literal["tune", "final"] = "tune"  # tune: train800 -> val200; final: train800val200 -> test
+    seed: int = 42
+    eval_epochs: list[int] = []  # extra epochs to evaluate (ASHA rungs)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:  # one line, like every other error
+            raise ValueError(f"train config: {one_line(err, TrainConfig)}") from None
 
     @classmethod
     def keys(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)}
+        return set(cls.model_fields)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def evaluates_at(self, epoch: int) -> bool:
         """Epochs count from 1 here: ``epoch`` epochs have been trained."""
@@ -115,27 +112,6 @@ class TrainConfig:
     def selects_on_val(self) -> bool:
         """A final run that trains on train and tests the weights of its best validation epoch."""
         return self.phase == "final" and not self.final_acc_hp
-
-
-_SIMPLE = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _check_type(key: str, annotation: str, value: Any) -> None:
-    """The YAML gave ``key`` a value of the annotated type (``int | None``, ``list[int]``, ...)."""
-    kinds = [k.strip() for k in annotation.split("|")]
-    if value is None and "None" in kinds:
-        return
-    for kind in kinds:
-        base = kind.split("[")[0]
-        if base in _SIMPLE and isinstance(value, _SIMPLE[base]) and (
-                base == "bool" or not isinstance(value, bool)):
-            return
-        if base == "list" and isinstance(value, list) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return
-        if base == "dict" and isinstance(value, dict):
-            return
-    raise ValueError(f"train config: {key}={value!r} has the wrong type; expected {annotation}")
 
 
 @dataclass

@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=data)
 
+    p = sub.add_parser("schema", help="the study file's JSON schema (for an editor's YAML language server)")
+    p.set_defaults(func=schema)
+
 
 def _format_grid(grid: dict) -> str:
     return " x ".join(f"{k} {{{', '.join(map(str, v))}}}" for k, v in grid.items()) or "lr/wd only"
@@ -111,4 +114,10 @@ def train(args: argparse.Namespace) -> int:
 def data(args: argparse.Namespace) -> int:
     from peft_core.data.minivtab import build_minivtab
     print(build_minivtab(args.out))
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    from .study import study_schema
+    print(json.dumps(study_schema(), indent=2, sort_keys=True))
     return 0

@@ -11,6 +11,8 @@ from typing import Any
 
 import optuna.distributions as od
 
+from peft_core.typed import KeyedError
+
 KINDS = ("grid", "choice", "loguniform", "uniform", "int")
 
 
@@ -35,27 +37,36 @@ class Dimension:
 
 
 def parse_dimension(where: str, spec: Any) -> Dimension:
-    """``{kind: values}`` -> Dimension; a plain value is a one-point grid. Errors name ``where``."""
+    """``{kind: values}`` -> Dimension; a plain value is a one-point grid. Errors name the key
+    under ``where`` that is wrong (``where.loguniform``)."""
+    def fail(kind: str, message: str) -> KeyedError:
+        return KeyedError(".".join(p for p in (where, kind) if p), message, relative=True)
+
     if not isinstance(spec, dict):
         return Dimension("grid", (spec,))
     if len(spec) != 1:
-        raise ValueError(f"{where}: expected one of {', '.join(KINDS)} with its values, got {spec!r}")
+        raise fail("", f"expected one of {', '.join(KINDS)} with its values, got {spec!r}")
     kind, values = next(iter(spec.items()))
     if kind not in KINDS:
-        raise ValueError(f"{where}: unknown space kind '{kind}'; allowed: {', '.join(KINDS)}")
+        raise fail("", f"unknown space kind '{kind}'; allowed: {', '.join(KINDS)}")
     if not isinstance(values, list) or not values:
-        raise ValueError(f"{where}.{kind}: expected a non-empty list, got {values!r}")
+        raise fail(kind, f"expected a non-empty list, got {values!r}")
     if kind in ("grid", "choice"):
         return Dimension(kind, tuple(values))
     if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{where}.{kind}: expected [low, high] numbers, got {values!r}")
+        raise fail(kind, f"expected [low, high] numbers, got {values!r}")
     low, high = values
     if kind == "int" and not all(isinstance(v, int) for v in values):
-        raise ValueError(f"{where}.int: expected integer bounds, got {values!r}")
+        raise fail(kind, f"expected integer bounds, got {values!r}")
     if not low < high or (kind == "loguniform" and low <= 0):
-        raise ValueError(f"{where}.{kind}: empty range [{low}, {high}]"
-                         + ("; loguniform needs 0 < low < high" if kind == "loguniform" else ""))
+        raise fail(kind, f"empty range [{low}, {high}]"
+                   + ("; loguniform needs 0 < low < high" if kind == "loguniform" else ""))
     return Dimension(kind, (low, high))
+
+
+def to_yaml(dimension: Dimension) -> Any:
+    """The YAML form ``parse_dimension`` reads back."""
+    return {dimension.kind: list(dimension.values)}
 
 
 def grid_points(space: dict[str, Dimension]) -> list[dict[str, Any]]:

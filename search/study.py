@@ -1,48 +1,34 @@
-"""Study YAML: load with includes, validate everything before anything runs.
-
-Every error is one line naming the file and the key (``spaces/x.yaml: search.num_samples: ...``).
+"""The study file as one typed model: ``Study`` mirrors the YAML key for key (``search.asha.
+grace_period`` is ``Study.search.asha.grace_period``), forbids unknown keys, and checks what it
+can before anything runs: methods and backbone against their registries, every search-space
+entry against its method, ASHA against the training schedule, and (``check_data``) the files
+it names. Every error is one line naming the file and the key
+(``spaces/x.yaml: search.num_samples: ...``); ``peft-search schema`` prints its JSON schema.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
-import yaml
+from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, PlainValidator, PrivateAttr,
+                      ValidationError, ValidationInfo, model_validator)
 
 from peft_core.backbones import get_backbone
 from peft_core.data.loaders import FORMATS
 from peft_core.registry import get_method
-from peft_core.train import TrainConfig
+from peft_core.train import TrainConfig, TrainSettings
+from peft_core.typed import KeyedError, StrictModel, one_line
+from peft_core.yaml_files import read_yaml
 
-from .space import Dimension, grid_points, parse_dimension
+from .space import Dimension, grid_points, parse_dimension, to_yaml
 
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
-_TOP = {"name", "include", "backbone", "checkpoint", "data_root", "datasets", "methods", "train",
-        "spaces", "search", "final", "resources", "mlflow", "storage_path"}
-_SEARCH = {"sampler", "num_samples", "metric", "asha", "max_concurrent", "seed", "warm_start", "max_failures",
-           "reuse_actors"}
-_ASHA = {"grace_period", "reduction_factor", "max_t"}
-_FINAL = {"seeds"}
-_RESOURCES = {"cpu", "gpu"}
-_MLFLOW = {"tracking_uri", "experiment"}
-_DATASET = {"data_path", "format", "num_classes"}
-# Keys a cell decides, not the study-wide training defaults.
-_PER_TRIAL = {"method", "hp", "data", "data_path", "data_format", "num_classes", "phase", "seed",
-              "backbone", "checkpoint", "eval_epochs"}
+TRAIN_KEYS = set(TrainSettings.model_fields)  # what a study's train: and spaces: may set
 
 
 class StudyError(ValueError):
     """A study file is invalid: one line, exit code 2, nothing written."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    data_path: str
-    format: str = "vtab"
-    num_classes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,32 +46,226 @@ class Cell:
         return cls(dataset, method)
 
 
-@dataclass
-class Study:
-    name: str
-    source: Path
-    backbone: str
-    checkpoint: str | None
-    datasets: dict[str, Dataset]
-    methods: list[str]
-    train: dict[str, Any]
-    spaces: dict[str, dict[str, Dimension]]
-    sampler: str = "tpe"
-    num_samples: int | str = 8
+# -- field types whose validators call the registries ----------------------------------------
+def _registered(lookup):
+    def check(name: str) -> str:
+        lookup(name)  # raises a one-line ValueError naming the allowed names
+        return name
+    return check
+
+
+MethodName = Annotated[str, AfterValidator(_registered(get_method))]
+BackboneName = Annotated[str, AfterValidator(_registered(get_backbone))]
+
+
+def _sampler(value: Any) -> Any:
+    if isinstance(value, str) and value not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{value}'; allowed: {', '.join(SAMPLERS)}")
+    return value
+
+
+def _num_samples(value: Any) -> Any:
+    if value == "grid":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"num_samples={value!r}: expected int >= 1 or 'grid'")
+    if value < 1:
+        raise ValueError(f"num_samples={value!r} is invalid; allowed: >= 1 or 'grid'")
+    return value
+
+
+def _tracking_uri(uri: str | None) -> str | None:
+    if uri is not None and not uri.startswith(("http://", "https://", "file:", "sqlite:", "databricks")):
+        raise ValueError(f"unsupported URI '{uri}'; use http(s)://, file: or sqlite:")
+    return uri
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class _SpaceEntry(StrictModel):
+    """One search-space entry as written (for the schema): a plain value is a one-point grid."""
+    grid: list[Any] | None = Field(None, min_length=1)
+    choice: list[Any] | None = Field(None, min_length=1)
+    loguniform: list[float] | None = Field(None, min_length=2, max_length=2)
+    uniform: list[float] | None = Field(None, min_length=2, max_length=2)
+    int_: list[int] | None = Field(None, alias="int", min_length=2, max_length=2)
+
+
+SpaceDimension = Annotated[
+    Dimension,
+    PlainValidator(lambda spec: parse_dimension("", spec),
+                   json_schema_input_type=Union[_SpaceEntry, float, str, bool, None]),
+    PlainSerializer(to_yaml)]
+
+
+# -- the sections -------------------------------------------------------------------------
+class Asha(StrictModel):
+    grace_period: int = Field(1, ge=1, description="first rung, in epochs; must be above train.warmup_epoch")
+    reduction_factor: int = Field(3, ge=2)
+    max_t: int | None = Field(None, ge=1, description="last epoch ASHA counts (default: train.epoch)")
+
+
+class Search(StrictModel):
+    sampler: Annotated[Literal[SAMPLERS], BeforeValidator(_sampler)] = "tpe"
+    num_samples: Annotated[Union[Annotated[int, Field(ge=1)], Literal["grid"]],
+                           BeforeValidator(_num_samples)] = 8
     metric: str = "val_top1"
-    asha: dict[str, int] | None = None
-    max_concurrent: int = 2
+    asha: Annotated[Asha | None, BeforeValidator(lambda v: None if v is False else v)] = None
+    max_concurrent: int = Field(2, ge=1)
     seed: int = 0
     warm_start: bool = False
-    max_failures: int = 2  # retries of a trial that died with its node (from its last checkpoint)
-    reuse_actors: bool = True  # a finished trial's process takes the next trial (no re-import)
-    final_seeds: list[int] = field(default_factory=lambda: [42])
-    cpu: float = 1.0
-    gpu: float = 0.0
-    tracking_uri: str | None = None
-    experiment: str = ""
-    storage_path: str | None = None
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose node died (from its checkpoint)")
+    reuse_actors: bool = Field(True, description="a finished trial's process takes the next trial")
 
+
+class Final(StrictModel):
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+
+
+class Resources(StrictModel):
+    cpu: float = Field(1.0, ge=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class Mlflow(StrictModel):
+    tracking_uri: Annotated[str | None, AfterValidator(_tracking_uri)] = None
+    experiment: str | None = Field(None, description="default: the study's name")
+
+
+class DatasetSettings(StrictModel):
+    data_path: str | None = Field(None, description="default: data_root")
+    format: Literal[FORMATS] = "vtab"
+    num_classes: int | None = Field(None, ge=2)
+
+
+def _datasets(value: Any) -> Any:
+    """A list of names is a mapping of names to default settings."""
+    if isinstance(value, list):
+        if not all(isinstance(name, str) for name in value):
+            raise ValueError(f"expected a list of dataset names, got {value!r}")
+        value = dict.fromkeys(value)
+    if isinstance(value, dict):
+        return {name: {} if settings is None else settings for name, settings in value.items()}
+    return value
+
+
+class Study(StrictModel):
+    """A study: datasets × methods, each cell searched, then its final runs."""
+
+    include: Annotated[list[str] | None, BeforeValidator(_as_list)] = Field(
+        None, description="files merged underneath this one (already merged when validated)")
+    name: str | None = Field(None, description="default: the file's name")
+    backbone: BackboneName = "fmnist_vit_tiny"
+    checkpoint: str | None = Field(None, description="local weights file (default: the backbone's own)")
+    data_root: str | None = None
+    datasets: Annotated[dict[str, DatasetSettings], Field(min_length=1), BeforeValidator(
+        _datasets, json_schema_input_type=Union[list[str], dict[str, Union[DatasetSettings, None]]])]
+    methods: list[MethodName] = Field(min_length=1)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    spaces: dict[MethodName, dict[str, SpaceDimension]] = Field(default_factory=dict)
+    search: Search = Field(default_factory=Search)
+    final: Final = Field(default_factory=Final)
+    resources: Resources = Field(default_factory=Resources)
+    mlflow: Mlflow = Field(default_factory=Mlflow)
+    storage_path: str | None = Field(None, description="the study folder, on storage every node mounts")
+
+    _source: Path = PrivateAttr(default=Path("study.yaml"))
+    _own_data_path: set[str] = PrivateAttr(default_factory=set)  # datasets not on data_root
+
+    @property
+    def source(self) -> Path:
+        return self._source
+
+    @property
+    def experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    # -- checks across sections ---------------------------------------------------------------
+    @model_validator(mode="after")
+    def _resolve_and_check(self, info: ValidationInfo) -> "Study":
+        context = info.context or {}
+        source = Path(context.get("source", "study.yaml")).resolve()
+        self._source = source
+        self.name = self.name or source.stem
+
+        def absolute(value: str) -> str:
+            return str((source.parent / value).resolve())
+
+        if self.checkpoint is not None:
+            self.checkpoint = absolute(self.checkpoint)
+        if self.storage_path is not None:
+            if "://" in self.storage_path:
+                raise KeyedError("storage_path", f"'{self.storage_path}': the study folder (Optuna, ASHA, MLflow "
+                                 "state) needs a filesystem path every node mounts (NFS, a shared volume), not "
+                                 "object storage")
+            self.storage_path = absolute(self.storage_path)
+        for name, settings in self.datasets.items():
+            if settings.data_path is not None:
+                self._own_data_path.add(name)
+            path = settings.data_path or self.data_root
+            if path is None:
+                raise KeyedError(f"datasets.{name}", "no data_path and no data_root")
+            settings.data_path = absolute(path)
+        self._check_spaces()
+        self._check_asha()
+        if context.get("check_data", True):
+            self._check_files()
+        return self
+
+    def _check_spaces(self) -> None:
+        grid = self.search.sampler == "grid" or self.search.num_samples == "grid"
+        for method, space in self.spaces.items():
+            cls = get_method(method)
+            hp_keys = set(cls.__dataclass_fields__) | set(cls.aliases)
+            for key, dim in space.items():
+                where = f"spaces.{method}.{key}"
+                if key not in hp_keys and key not in TRAIN_KEYS:
+                    raise KeyedError(where, f"unknown key for '{method}'; allowed: "
+                                     f"{', '.join(sorted(hp_keys | TRAIN_KEYS))}")
+                if grid and not dim.categorical:
+                    raise KeyedError(where, f"grid search needs grid/choice values, got {dim.kind}")
+                if key in TRAIN_KEYS:
+                    values = dim.values if dim.categorical else dim.values[:1]
+                    for value in values:
+                        try:
+                            TrainSettings(**{key: value})
+                        except ValidationError as err:
+                            raise KeyedError(where, one_line(err, TrainSettings)) from None
+                else:
+                    for value in dim.values if dim.categorical else dim.values[:1]:
+                        try:
+                            cls.from_hp(**{key: value})
+                        except ValueError as err:
+                            raise KeyedError(where, str(err)) from None
+
+    def _check_asha(self) -> None:
+        asha = self.search.asha
+        if asha is None:
+            return
+        epochs = self.train.epoch
+        last = min(asha.max_t or epochs, epochs)
+        if asha.grace_period >= last:
+            raise KeyedError("search.asha.grace_period", f"must be below max_t and train.epoch ({last})")
+        if asha.grace_period <= self.train.warmup_epoch:
+            # A rung inside the warm-up ranks trials that have only trained at the warm-up lr: noise.
+            raise KeyedError("search.asha.grace_period", f"must be above train.warmup_epoch "
+                             f"({self.train.warmup_epoch}): a rung inside the warm-up ranks models that "
+                             "have barely trained")
+
+    def _check_files(self) -> None:
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise KeyedError("checkpoint", f"file not found: {self.checkpoint}")
+        for name, settings in self.datasets.items():
+            if not Path(settings.data_path).is_dir():
+                key = f"datasets.{name}.data_path" if name in self._own_data_path else "data_root"
+                raise KeyedError(key, f"data root not found: {settings.data_path}")
+            task = name.split("-", 1)[1] if name.startswith("processed_vtab-") else name
+            if settings.format == "vtab" and not (Path(settings.data_path) / task).is_dir():
+                raise KeyedError(f"datasets.{name}", f"unknown dataset: no folder {Path(settings.data_path) / task}")
+
+    # -- what the service asks of a study ------------------------------------------------------
     def cells(self) -> list[Cell]:
         return [Cell(d, m) for d in self.datasets for m in self.methods]
 
@@ -94,71 +274,58 @@ class Study:
 
     def budget(self, cell: Cell) -> int:
         """Tuning trials of a cell: the size of its grid, or ``num_samples``."""
-        if self.num_samples == "grid" or self.sampler == "grid":
+        if self.search.num_samples == "grid" or self.search.sampler == "grid":
             return max(1, len(grid_points(self.space(cell.method))))
-        return int(self.num_samples)
-
-    def epochs(self) -> int:
-        return int(self.train.get("epoch", TrainConfig.epoch))
+        return int(self.search.num_samples)
 
     def milestones(self) -> list[int]:
         """ASHA rung epochs (the trial evaluates at each)."""
-        if not self.asha:
+        asha = self.search.asha
+        if asha is None:
             return []
-        rungs, t = [], self.asha["grace_period"]
-        while t < min(self.asha["max_t"], self.epochs()):
+        rungs, t = [], asha.grace_period
+        while t < min(asha.max_t or self.train.epoch, self.train.epoch):
             rungs.append(int(t))
-            t *= self.asha["reduction_factor"]
+            t *= asha.reduction_factor
         return rungs
 
     def trial_config(self, cell: Cell, params: dict[str, Any], phase: str, seed: int | None = None) -> dict:
         """The complete, self-describing TrainConfig of one trial (a dict)."""
         data = self.datasets[cell.dataset]
-        values = {**self.train, "backbone": self.backbone, "checkpoint": self.checkpoint,
+        values = {**self.train.model_dump(), "backbone": self.backbone, "checkpoint": self.checkpoint,
                   "method": cell.method, "data": cell.dataset, "data_path": data.data_path,
                   "data_format": data.format, "num_classes": data.num_classes, "phase": phase,
                   "eval_epochs": self.milestones() if phase == "tune" else []}
         if seed is not None:
             values["seed"] = seed
-        keys = TrainConfig.keys()
-        hp = {k: v for k, v in params.items() if k not in keys}
-        values.update({k: v for k, v in params.items() if k in keys})
-        values["hp"] = hp
+        values.update({k: v for k, v in params.items() if k in TRAIN_KEYS})
+        values["hp"] = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
         return TrainConfig(**values).to_dict()
 
 
-def _read(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML mapping with its ``include`` files merged underneath it (the file wins)."""
-    path = path.resolve()
-    if path in stack:
-        raise StudyError(f"{stack[-1]}: include: cycle through {path}")
-    if not path.is_file():
-        where = f"{stack[-1]}: include: " if stack else ""
-        raise StudyError(f"{where}file not found: {path}")
+def validate_study(raw: dict[str, Any], source: Path, check_data: bool = True) -> Study:
+    """The typed study of an already-read mapping; StudyError ``FILE: dotted.key: message``."""
     try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise StudyError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
-    if not isinstance(content, dict):
-        raise StudyError(f"{path}: expected a mapping of keys to values")
-    includes = content.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list):
-        raise StudyError(f"{path}: include: expected a file or a list of files")
-    merged: dict[str, Any] = {}
-    for inc in includes:
-        _merge(merged, _read(path.parent / str(inc), stack + (path,)))
-    _merge(merged, content)
-    return merged
+        return Study.model_validate(raw, context={"source": source, "check_data": check_data})
+    except ValidationError as err:
+        raise StudyError(f"{source}: {one_line(err, Study)}") from None
+
+
+def load_study(path: str | Path, check_data: bool = True) -> Study:
+    """Read (includes merged) and validate a study file; raises StudyError (one line)."""
+    source = Path(path)
+    try:
+        raw = read_yaml(source)
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    return validate_study(raw, source.resolve(), check_data)
 
 
 def portable_mapping(path: str | Path) -> dict[str, Any]:
     """The study with its includes merged and every path absolute: a file that can be moved
     (``submit`` ships it to a cluster, where the same paths must exist)."""
     source = Path(path).resolve()
-    raw = _read(source)
+    raw = read_yaml(source)
     raw.setdefault("name", source.stem)
 
     def absolute(value: Any) -> str:
@@ -174,220 +341,18 @@ def portable_mapping(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def _merge(base: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-class _Checker:
-    """Typed reads from the merged mapping; every error names the file and the dotted key."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-
-    def fail(self, key: str, message: str) -> StudyError:
-        return StudyError(f"{self.source}: {key}: {message}")
-
-    def section(self, raw: dict, key: str, allowed: set[str]) -> dict:
-        value = raw.get(key) or {}
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
-        for sub in value:
-            if sub not in allowed:
-                raise self.fail(f"{key}.{sub}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        return value
-
-    def typed(self, key: str, value: Any, kind: type | tuple, low: float | None = None) -> Any:
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(key, f"expected {names}, got {value!r}")
-        if low is not None and value < low:
-            raise self.fail(key, f"must be >= {low}, got {value!r}")
-        return value
-
-
-def load_study(path: str | Path, check_data: bool = True) -> Study:
-    """Read and validate a study file; raises StudyError (one line) on any problem."""
-    source = Path(path)
-    raw = _read(source)
-    c = _Checker(source)
-    for key in raw:
-        if key not in _TOP:
-            raise c.fail(key, f"unknown key; allowed: {', '.join(sorted(_TOP))}")
-    name = c.typed("name", raw.get("name", source.stem), str)
-    backbone = c.typed("backbone", raw.get("backbone", "fmnist_vit_tiny"), str)
-    try:
-        get_backbone(backbone)
-    except ValueError as err:
-        raise c.fail("backbone", str(err)) from None
-    checkpoint = raw.get("checkpoint")
-    if checkpoint is not None:
-        checkpoint = str((source.parent / c.typed("checkpoint", checkpoint, str)).resolve())
-        if check_data and not Path(checkpoint).is_file():
-            raise c.fail("checkpoint", f"file not found: {checkpoint}")
-
-    methods = c.typed("methods", raw.get("methods"), list)
-    if not methods:
-        raise c.fail("methods", "expected a non-empty list of method names")
-    for i, method in enumerate(methods):
-        try:
-            get_method(c.typed(f"methods[{i}]", method, str))
-        except ValueError as err:
-            raise c.fail(f"methods[{i}]", str(err)) from None
-
-    datasets = _datasets(c, raw, source, check_data)
-    train = _train_defaults(c, raw)
-    spaces = _spaces(c, raw, methods)
-    search = c.section(raw, "search", _SEARCH)
-    sampler = c.typed("search.sampler", search.get("sampler", "tpe"), str)
-    if sampler not in SAMPLERS:
-        raise c.fail("search.sampler", f"unknown sampler '{sampler}'; allowed: {', '.join(SAMPLERS)}")
-    num_samples = search.get("num_samples", 8)
-    if num_samples != "grid":
-        c.typed("search.num_samples", num_samples, int, low=1)
-    if sampler == "grid" or num_samples == "grid":
-        for method in methods:
-            for key, dim in spaces.get(method, {}).items():
-                if not dim.categorical:
-                    raise c.fail(f"spaces.{method}.{key}", f"grid search needs grid/choice values, got {dim.kind}")
-    asha = _asha(c, search.get("asha"), int(train.get("epoch", TrainConfig.epoch)),
-                 int(train.get("warmup_epoch", TrainConfig.warmup_epoch)))
-    final = c.section(raw, "final", _FINAL)
-    seeds = c.typed("final.seeds", final.get("seeds", [42]), list)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise c.fail("final.seeds", f"expected a non-empty list of integers, got {seeds!r}")
-    resources = c.section(raw, "resources", _RESOURCES)
-    mlflow = c.section(raw, "mlflow", _MLFLOW)
-    storage_path = raw.get("storage_path")
-    if storage_path is not None:
-        c.typed("storage_path", storage_path, str)
-        if "://" in storage_path:
-            raise c.fail("storage_path", f"'{storage_path}': the study folder (Optuna, ASHA, MLflow state) "
-                         "needs a filesystem path every node mounts (NFS, a shared volume), not object storage")
-        storage_path = str((source.parent / storage_path).resolve())
-    uri = mlflow.get("tracking_uri")
-    if uri is not None and not str(uri).startswith(("http://", "https://", "file:", "sqlite:", "databricks")):
-        raise c.fail("mlflow.tracking_uri", f"unsupported URI '{uri}'; use http(s)://, file: or sqlite:")
-    return Study(
-        name=name, source=source.resolve(), backbone=backbone, checkpoint=checkpoint,
-        datasets=datasets, methods=methods, train=train, spaces=spaces, sampler=sampler,
-        num_samples=num_samples, metric=c.typed("search.metric", search.get("metric", "val_top1"), str),
-        asha=asha, max_concurrent=c.typed("search.max_concurrent", search.get("max_concurrent", 2), int, 1),
-        seed=c.typed("search.seed", search.get("seed", 0), int),
-        warm_start=c.typed("search.warm_start", search.get("warm_start", False), bool),
-        max_failures=c.typed("search.max_failures", search.get("max_failures", 2), int, 0),
-        reuse_actors=c.typed("search.reuse_actors", search.get("reuse_actors", True), bool),
-        final_seeds=seeds, cpu=c.typed("resources.cpu", resources.get("cpu", 1), (int, float), 0),
-        gpu=c.typed("resources.gpu", resources.get("gpu", 0), (int, float), 0),
-        tracking_uri=uri, experiment=c.typed("mlflow.experiment", mlflow.get("experiment", name), str),
-        storage_path=storage_path)
-
-
-def _datasets(c: _Checker, raw: dict, source: Path, check_data: bool) -> dict[str, Dataset]:
-    entries = raw.get("datasets")
-    if isinstance(entries, list):
-        entries = {c.typed(f"datasets[{i}]", e, str): {} for i, e in enumerate(entries)}
-    if not isinstance(entries, dict) or not entries:
-        raise c.fail("datasets", "expected a non-empty list of names or a mapping name -> settings")
-    root = raw.get("data_root")
-    datasets = {}
-    for name, settings in entries.items():
-        settings = settings or {}
-        if not isinstance(settings, dict):
-            raise c.fail(f"datasets.{name}", "expected a mapping")
-        for key in settings:
-            if key not in _DATASET:
-                raise c.fail(f"datasets.{name}.{key}", f"unknown key; allowed: {', '.join(sorted(_DATASET))}")
-        path = settings.get("data_path", root)
-        if path is None:
-            raise c.fail(f"datasets.{name}", "no data_path and no data_root")
-        path = str((source.parent / str(path)).resolve())
-        fmt = settings.get("format", "vtab")
-        if fmt not in FORMATS:
-            raise c.fail(f"datasets.{name}.format", f"unknown format '{fmt}'; allowed: {', '.join(FORMATS)}")
-        num_classes = settings.get("num_classes")
-        if num_classes is not None:
-            c.typed(f"datasets.{name}.num_classes", num_classes, int, 2)
-        if check_data:
-            key = "data_root" if "data_path" not in settings else f"datasets.{name}.data_path"
-            if not Path(path).is_dir():
-                raise c.fail(key, f"data root not found: {path}")
-            task = name.split("-", 1)[1] if name.startswith("processed_vtab-") else name
-            if fmt == "vtab" and not (Path(path) / task).is_dir():
-                raise c.fail(f"datasets.{name}", f"unknown dataset: no folder {Path(path) / task}")
-        datasets[name] = Dataset(name, path, fmt, num_classes)
-    return datasets
-
-
-def _train_defaults(c: _Checker, raw: dict) -> dict[str, Any]:
-    train = raw.get("train") or {}
-    if not isinstance(train, dict):
-        raise c.fail("train", "expected a mapping")
-    allowed = TrainConfig.keys() - _PER_TRIAL
-    for key in train:
-        if key not in allowed:
-            raise c.fail(f"train.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-    try:
-        TrainConfig(**train)
-    except ValueError as err:
-        detail = str(err).removeprefix("train config: ")
-        key = detail.split("=", 1)[0]
-        raise c.fail(f"train.{key}", detail) from None
-    return dict(train)
-
-
-def _spaces(c: _Checker, raw: dict, methods: list[str]) -> dict[str, dict[str, Dimension]]:
-    spaces_raw = raw.get("spaces") or {}
-    if not isinstance(spaces_raw, dict):
-        raise c.fail("spaces", "expected a mapping method -> {key: space}")
-    spaces = {}
-    train_keys = TrainConfig.keys() - _PER_TRIAL
-    for method, space in spaces_raw.items():
-        try:
-            cls = get_method(method)
-        except ValueError as err:
-            raise c.fail(f"spaces.{method}", str(err)) from None
-        if not isinstance(space, dict):
-            raise c.fail(f"spaces.{method}", "expected a mapping key -> space")
-        hp_keys = {f.name for f in dataclasses.fields(cls)} | set(cls.aliases)
-        dims = {}
-        for key, spec in space.items():
-            where = f"spaces.{method}.{key}"
-            if key not in hp_keys and key not in train_keys:
-                raise c.fail(where, f"unknown key for '{method}'; allowed: {', '.join(sorted(hp_keys | train_keys))}")
-            try:
-                dims[key] = parse_dimension(where, spec)
-            except ValueError as err:
-                raise StudyError(f"{c.source}: {err}") from None
-            if key in hp_keys:
-                for value in (dims[key].values if dims[key].categorical else dims[key].values[:1]):
-                    try:
-                        cls.from_hp(**{key: value})
-                    except ValueError as err:
-                        raise c.fail(where, str(err)) from None
-        spaces[method] = dims
-    return spaces
-
-
-def _asha(c: _Checker, asha: Any, epochs: int, warmup: int) -> dict[str, int] | None:
-    if asha is None or asha is False:
-        return None
-    if not isinstance(asha, dict):
-        raise c.fail("search.asha", "expected a mapping (grace_period, reduction_factor, max_t) or null")
-    for key in asha:
-        if key not in _ASHA:
-            raise c.fail(f"search.asha.{key}", f"unknown key; allowed: {', '.join(sorted(_ASHA))}")
-    out = {"grace_period": c.typed("search.asha.grace_period", asha.get("grace_period", 1), int, 1),
-           "reduction_factor": c.typed("search.asha.reduction_factor", asha.get("reduction_factor", 3), int, 2),
-           "max_t": c.typed("search.asha.max_t", asha.get("max_t", epochs), int, 1)}
-    if out["grace_period"] >= min(out["max_t"], epochs):
-        raise c.fail("search.asha.grace_period", f"must be below max_t and train.epoch ({min(out['max_t'], epochs)})")
-    if out["grace_period"] <= warmup:
-        # A rung inside the warm-up ranks trials that have only trained at the warm-up lr: noise.
-        raise c.fail("search.asha.grace_period", f"must be above train.warmup_epoch ({warmup}): a rung inside "
-                     "the warm-up ranks models that have barely trained")
-    return out
+def study_schema() -> dict[str, Any]:
+    """The JSON schema of a study file, with the registered methods' hyper-parameter keys
+    under ``spaces`` (so an editor completes them)."""
+    schema = Study.model_json_schema()
+    from peft_core.registry import method_names
+    entry = schema["properties"]["spaces"]["additionalProperties"]
+    methods = {}
+    for name in method_names():
+        cls = get_method(name)
+        keys = sorted(set(cls.__dataclass_fields__) | set(cls.aliases) | TRAIN_KEYS)
+        methods[name] = {"type": "object", "additionalProperties": False,
+                         "properties": {k: entry["additionalProperties"] for k in keys}}
+    schema["properties"]["spaces"] = {"type": "object", "properties": methods, "additionalProperties": False}
+    schema["properties"]["methods"]["items"] = {"enum": method_names()}
+    return schema

@@ -198,7 +198,7 @@ def test_compose_demo_study_lives_on_the_shared_volume_and_logs_to_the_compose_m
     assert all(Path(dataset.data_path).is_relative_to(SHARED_PATH) for dataset in study.datasets.values())
     mlflow = _compose()["services"]["mlflow"]
     port = _command(mlflow)[_command(mlflow).index("--port") + 1]
-    assert study.tracking_uri == f"http://mlflow:{port}"
+    assert study.mlflow.tracking_uri == f"http://mlflow:{port}"
 
 
 # --- cluster/ray-cluster.yaml -----------------------------------------------------------------

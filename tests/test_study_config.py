@@ -225,3 +225,25 @@ def test_searcher_warm_starts_a_cell_from_its_dataset_and_its_method(tmp_path, b
         searcher.state["trials"][f"t{i}"] = {"trial_id": f"t{i}", "cell": cell, "phase": "tune", "params": params,
                                              "status": "completed", "value": value}
     assert searcher._warm_start_points(Cell("digits", "lora")) == [{"lr": 0.01, "lora_bottleneck": 16}]
+
+
+def test_schema_validates_every_shipped_study_and_rejects_a_typo(capsys):
+    import json
+
+    import jsonschema
+
+    from peft_core.yaml_files import read_yaml
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    studies = sorted(SPACES.glob("*.yaml"))
+    assert len(studies) >= 6
+    for path in studies:
+        errors = [e.message for e in validator.iter_errors(read_yaml(path))]
+        assert not errors, f"{path}: {errors[:3]}"
+    demo = read_yaml(SPACES / "demo.yaml")
+    assert not list(validator.iter_errors(demo))
+    for key, bad in (("search", {**demo["search"], "samplr": "tpe"}), ("methods", ["lorra"]),
+                     ("spaces", {"lora": {"rank_size": {"grid": [1]}}})):
+        assert list(validator.iter_errors({**demo, key: bad})), key

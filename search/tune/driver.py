@@ -67,7 +67,7 @@ def _trainable(study: Study):
     from ray import tune
 
     from .trainable import run_trial
-    return tune.with_resources(run_trial, {"cpu": study.cpu, "gpu": study.gpu})
+    return tune.with_resources(run_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
 
 
 def _run_config(study: Study, study_dir: Path, uri: str):
@@ -76,7 +76,7 @@ def _run_config(study: Study, study_dir: Path, uri: str):
         name=EXPERIMENT, storage_path=str((study_dir / "ray").resolve()), verbose=0,
         callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=study.max_failures))
+        failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
 
 
 def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
@@ -85,7 +85,7 @@ def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
     study_dir = Path(out or study.storage_path or Path("runs") / study.name).resolve()
     if (study_dir / SEARCH_STATE).exists():
         raise StudyError(f"{study_dir} already holds a study; use `peft-search resume {study_dir}`")
-    uri = study.tracking_uri or default_tracking_uri(study_dir)
+    uri = study.mlflow.tracking_uri or default_tracking_uri(study_dir)
     check_tracking_server(uri)
     return study, study_dir, uri
 
@@ -110,8 +110,8 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
         _trainable(study),
         tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
                                     scheduler=CellASHA(study, study_dir), num_samples=-1,
-                                    max_concurrent_trials=study.max_concurrent,
-                                    trial_dirname_creator=trial_dirname, reuse_actors=study.reuse_actors),
+                                    max_concurrent_trials=study.search.max_concurrent,
+                                    trial_dirname_creator=trial_dirname, reuse_actors=study.search.reuse_actors),
         run_config=_run_config(study, study_dir, uri))
     tuner.fit()
     return study_dir

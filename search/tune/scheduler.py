@@ -19,8 +19,8 @@ class CellASHA(FIFOScheduler):
     def __init__(self, study: Study, study_dir: Path) -> None:
         super().__init__()
         self.milestones = study.milestones()
-        self.rf = study.asha["reduction_factor"] if study.asha else 2
-        self.metric_key = study.metric
+        self.rf = study.search.asha.reduction_factor if study.search.asha else 2
+        self.metric_key = study.search.metric
         self.path = Path(study_dir) / ASHA_STATE
         self.rungs: dict[str, dict[str, dict[str, float]]] | None = None  # cell -> rung -> trial -> value
         self.stopped: list[str] = []

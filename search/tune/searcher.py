@@ -36,7 +36,7 @@ def tune_trial_ids(experiment_dir: Path) -> set[str]:
 
 class StudySearcher(Searcher):
     def __init__(self, study: Study, study_dir: Path) -> None:
-        super().__init__(metric=study.metric, mode="max")
+        super().__init__(metric=study.search.metric, mode="max")
         self.study, self.study_dir = study, Path(study_dir)
         self.state: dict[str, Any] = read_json(self.study_dir / SEARCH_STATE) or {
             "trials": {}, "grid_next": {}}
@@ -87,12 +87,12 @@ class StudySearcher(Searcher):
 
     def _sampler(self, cell: Cell) -> CellSampler:
         if cell.id not in self._samplers:
-            seed = self.study.seed + self.study.cells().index(cell)
+            seed = self.study.search.seed + self.study.cells().index(cell)
             space = self.study.space(cell.method)
             optuna_study = optuna.create_study(
                 storage=f"sqlite:///{self.study_dir / 'optuna.db'}", study_name=cell.id,
                 direction="maximize", load_if_exists=True,
-                sampler=make_sampler(self.study.sampler, seed, len(grid_points(space)) or None))
+                sampler=make_sampler(self.study.search.sampler, seed, len(grid_points(space)) or None))
             self._samplers[cell.id] = CellSampler(optuna_study, space, seed)
         return self._samplers[cell.id]
 
@@ -111,7 +111,7 @@ class StudySearcher(Searcher):
             return "tuning"
         if self.best_tune_trial(cell) is None:
             return "failed"
-        if len(finals) < len(self.study.final_seeds) or any(t["status"] not in DONE for t in finals):
+        if len(finals) < len(self.study.final.seeds) or any(t["status"] not in DONE for t in finals):
             return "final"
         return "done"
 
@@ -123,7 +123,7 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         # Final runs first (they finish cells), then the cell with the fewest tuning trials.
         for cell in cells:
-            if statuses[cell.id] == "final" and len(self._trials(cell, "final")) < len(self.study.final_seeds):
+            if statuses[cell.id] == "final" and len(self._trials(cell, "final")) < len(self.study.final.seeds):
                 return self._suggest_final(trial_id, cell)
         open_cells = [c for c in cells if len(self._trials(c, "tune")) < self.study.budget(c)]
         if not open_cells:
@@ -137,12 +137,12 @@ class StudySearcher(Searcher):
         fixed = None
         if requeued:
             fixed = requeued.pop(0)
-        elif self.study.sampler == "grid" or self.study.num_samples == "grid":
+        elif self.study.search.sampler == "grid" or self.study.search.num_samples == "grid":
             points = grid_points(self.study.space(cell.method)) or [{}]
             index = self.state["grid_next"].get(cell.id, 0)
             self.state["grid_next"][cell.id] = index + 1
             fixed = points[index]
-        elif self.study.warm_start:  # the first trials of a cell: what did well in related cells
+        elif self.study.search.warm_start:  # the first trials of a cell: what did well in related cells
             warm, tried = self._warm_start_points(cell), len(self._trials(cell, "tune"))
             fixed = warm[tried] if tried < len(warm) else None
         trial = sampler.ask(fixed)
@@ -164,7 +164,7 @@ class StudySearcher(Searcher):
 
     def _suggest_final(self, trial_id: str, cell: Cell) -> dict:
         best = self.best_tune_trial(cell)
-        seed = self.study.final_seeds[len(self._trials(cell, "final"))]
+        seed = self.study.final.seeds[len(self._trials(cell, "final"))]
         return self._register(trial_id, cell, "final", best["params"], None, seed,
                               selected_from=best["trial_id"])
 
@@ -195,7 +195,7 @@ class StudySearcher(Searcher):
         if self.metric in result and record["phase"] == "tune":
             value = float(result[self.metric])
             # Runs that select on validation (CLIP) are worth their best epoch, not their last.
-            if not self.study.train.get("final_acc_hp", True) and record["value"] is not None:
+            if not self.study.train.final_acc_hp and record["value"] is not None:
                 value = max(value, record["value"])
             record["value"] = value
             if record["number"] is not None:

@@ -43,7 +43,7 @@ def summarize(study_dir: Path) -> dict:
         if t["phase"] == "tune":
             key = f"{t['cell']}|{sorted(t['params'].items())}"
             seen[key] = seen.get(key, 0) + 1
-    grid = study is not None and (study.sampler == "grid" or study.num_samples == "grid")
+    grid = study is not None and (study.search.sampler == "grid" or study.search.num_samples == "grid")
     return {
         "cells": per_cell, "cells_done": sum(c["done"] for c in per_cell.values()),
         "trials_finished": sum(t["status"] in DONE for t in trials),

@@ -141,7 +141,7 @@ class StudyTracker(Callback):
         finals = self.client.search_runs(
             [runs["experiment_id"]], filter_string=f"tags.cell = '{cell}' and tags.phase = 'final'")
         done = [r for r in finals if r.info.status == "FINISHED"]
-        if len(done) < len(self.study.final_seeds):
+        if len(done) < len(self.study.final.seeds):
             return
         scores = [r.data.metrics["test_top1"] for r in done if "test_top1" in r.data.metrics]
         parent = runs["cells"][cell]
