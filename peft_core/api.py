@@ -7,7 +7,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .layers import InsertedModule, Wrapper
-from .registry import MethodConfig, check_vit, get_method, method_names
+from .registry import HEAD_ONLY_ROLES, MethodConfig, Scalable, check_vit, get_method, method_names
 
 _CONFIG_ATTR = "peft_config"
 
@@ -16,7 +16,8 @@ def apply(model: nn.Module, name: str, **hp: Any) -> VisionTransformer:
     """Attach method ``name`` with hyper-parameters ``hp`` to a stock timm ViT, in place.
 
     Everything is frozen, the method attaches, then exactly its parameters (and the head) train.
-    Returns the same model. Unknown names or out-of-range values raise a one-line ValueError.
+    Returns the same model. Unknown names or out-of-range values, or a method that found nothing
+    to train on this model, raise a one-line ValueError.
     """
     model = check_vit(model)
     if getattr(model, _CONFIG_ATTR, None) is not None:
@@ -28,8 +29,13 @@ def apply(model: nn.Module, name: str, **hp: Any) -> VisionTransformer:
     for module in model.modules():
         if isinstance(module, InsertedModule):
             module.requires_grad_(True)
+    if isinstance(config, Scalable):
+        set_merge_factor(model, config.merge_factor)
     if config.trains_head:
         model.get_classifier().requires_grad_(True)
+    if config.role not in HEAD_ONLY_ROLES and count_inserted(model) == 0:
+        raise ValueError(f"method '{name}' trains nothing besides the head on this model: "
+                         f"its attach found nothing to adapt")
     object.__setattr__(model, _CONFIG_ATTR, config)
     return model
 
@@ -40,8 +46,9 @@ def config_of(model: nn.Module) -> MethodConfig | None:
 
 
 def count_inserted(model: nn.Module) -> int:
-    """Trainable parameters whose name does not contain ``head`` (the study's count)."""
-    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "head" not in n)
+    """Trainable parameters outside the classifier (the study's count)."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head)
 
 
 def set_merge_factor(model: nn.Module, factor: float) -> None:

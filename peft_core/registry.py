@@ -2,18 +2,23 @@
 
 A method is its config: a dataclass whose fields are the study's hyper-parameter keys (with the
 paper's grid and the allowed range in the field metadata) and whose ``attach`` wires the method
-into a stock timm ``VisionTransformer``. ``peft_core.apply`` validates, freezes, attaches.
+into a stock timm ``VisionTransformer``. ``peft_core.apply`` validates, freezes, attaches. The
+config also declares the study's YAML flags that name it (``method_from_study_keys``).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 _METHODS: dict[str, type["MethodConfig"]] = {}
+
+
+# A study switch that any set value turns on (``full: true``, ``lora_bottleneck: 8``).
+ON = object()
 
 
 def hp(default: Any, help: str, *, grid: list | None = None, low: float | None = None,
@@ -89,6 +94,14 @@ class MethodConfig:
     # True when the method trains existing backbone weights (full, bitfit, ln, difffit, selective
     # tuning): WiSE interpolates the whole state dict instead of scaling inserted modules.
     changes_weights: ClassVar[bool] = False
+    # What the method is in a comparison: "peft", or a baseline the report places apart
+    # ("linear_probe": the gains are measured against it; "full_finetune"; "zero_shot").
+    role: ClassVar[str] = "peft"
+    # How the study's YAML (PETL_Vision's method files) names this method, read by
+    # ``method_from_study_keys``: the switches that must be on (key -> value, or ON for any set
+    # value), and the placement flags it implements (key -> allowed values; None: not given).
+    study_switches: ClassVar[dict[str, Any]] = {}
+    study_modes: ClassVar[dict[str, tuple]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -126,6 +139,16 @@ class MethodConfig:
                 "grid": grid, "mergeable": cls.cannot_merge is None}
 
 
+@dataclass
+class Scalable(MethodConfig):
+    """A method whose inserted modules scale their output by ``merge_factor`` (WiSE for PEFT).
+
+    ``apply`` copies the value onto every inserted module after ``attach``.
+    """
+
+    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
+
+
 def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
     """Class decorator: make ``cls`` (a dataclass with ``name``) available to ``apply``."""
     if not cls.name:
@@ -145,6 +168,55 @@ def get_method(name: str) -> type[MethodConfig]:
 
 def method_names() -> list[str]:
     return sorted(_METHODS)
+
+
+ROLES = ("peft", "linear_probe", "full_finetune", "zero_shot")
+# Baselines that train nothing besides the head on purpose (zero-shot not even the head).
+HEAD_ONLY_ROLES = ("linear_probe", "zero_shot")
+
+
+def role_of(name: str) -> str:
+    """The role a method declares; a name this registry does not know (an imported run) is "peft"."""
+    cls = _METHODS.get(name)
+    return cls.role if cls is not None else "peft"
+
+
+def methods_with_role(role: str) -> list[str]:
+    if role not in ROLES:
+        raise ValueError(f"unknown role '{role}'; allowed: {', '.join(ROLES)}")
+    return sorted(n for n, cls in _METHODS.items() if cls.role == role)
+
+
+def study_flag_keys() -> frozenset[str]:
+    """Every study key some method is named by: its switches and its placement flags."""
+    return frozenset(k for cls in _METHODS.values() for k in (*cls.study_switches, *cls.study_modes))
+
+
+def method_from_study_keys(values: Mapping[str, Any], source: str) -> str:
+    """The method the study's flags in ``values`` describe; ``source`` names the file(s) in errors.
+
+    A switch is on when set to anything but null, false, 0 or "" (the study tests
+    ``if params.<key>``). The switches that are on must be exactly one method's, with its values,
+    and every placement flag that method declares must hold a value it implements. Exactly one
+    method may fit: none (while a switch is on) or several is a one-line ValueError. With no
+    switch on, the method is the linear probe.
+    """
+    switch_keys = {k for cls in _METHODS.values() for k in cls.study_switches}
+    on = {k: v for k, v in values.items() if k in switch_keys and v}
+    named = [cls for cls in _METHODS.values() if on and cls.study_switches.keys() == on.keys()
+             and all(want is ON or on[k] == want for k, want in cls.study_switches.items())]
+    fits = [cls.name for cls in named
+            if all(values.get(k) in allowed for k, allowed in cls.study_modes.items())]
+    if len(fits) > 1:
+        raise ValueError(f"{source}: the study's flags fit several methods: {', '.join(sorted(fits))}")
+    if fits:
+        return fits[0]
+    if on:
+        modes = {k for cls in named for k in cls.study_modes}
+        given = ", ".join(f"{k}={v!r}" for k, v in values.items() if k in on or k in modes)
+        raise ValueError(f"{source}: {given} is not a method this project runs")
+    (linear,) = methods_with_role("linear_probe")
+    return linear
 
 
 def check_vit(model: nn.Module) -> VisionTransformer:

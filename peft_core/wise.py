@@ -1,13 +1,13 @@
 """WiSE (SPEC 4.4): weight-space ensembles of a fine-tuned model and its zero-shot start.
 
 Methods that train existing weights (``changes_weights``: full, bitfit, ln, difffit, selective
-tuning) interpolate the whole state dict. Methods whose inserted modules carry a ``merge_factor``
-(adapters, LoRA, FacT, RepAdapter, ConvPass) interpolate the head and scale every inserted
-module's output by alpha. Linear probing and zero-shot have only the head to interpolate.
+tuning) interpolate the whole state dict. ``Scalable`` methods, whose inserted modules carry a
+``merge_factor`` (adapters, LoRA, FacT, RepAdapter, ConvPass), interpolate the head and scale
+every inserted module's output by alpha. Linear probing and zero-shot have only the head to
+interpolate.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping
 
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 
 from .api import config_of, set_merge_factor
 from .layers import InsertedModule
+from .registry import Scalable
 
 
 class WiSE:
@@ -38,7 +39,7 @@ class WiSE:
         self.finetuned = {k: v.detach().clone() for k, v in own.items()}
         self.zero_shot = {k: v.detach().to(own[k].device).clone() for k, v in zero_shot_state.items()}
         inserted = any(isinstance(m, InsertedModule) for m in finetuned.modules())
-        scalable = "merge_factor" in {f.name for f in dataclasses.fields(config)}
+        scalable = isinstance(config, Scalable)
         if inserted and not (config.changes_weights or scalable):
             raise ValueError(f"method '{config.name}' has no WiSE: its inserted modules are not "
                              f"scaled by merge_factor and it trains no existing weights")

@@ -5,10 +5,11 @@ import functools
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 import peft_core
 from peft_core.layers import InsertedModule, Wrapper
-from peft_core.registry import get_method
+from peft_core.registry import Scalable, get_method
 
 TINY_BACKBONES = [b for b in peft_core.backbone_names() if b.startswith("tiny_")]
 
@@ -180,3 +181,52 @@ def test_deepcopied_model_keeps_its_own_hooks_and_shared_factors():
         assert not torch.allclose(a, b), method
         with torch.no_grad():
             torch.testing.assert_close(model(x), a)
+
+
+SCALABLE = ["adaptformer", "convpass", "fact_tk", "fact_tt", "lora", "lora_p_adapter", "rand_h_adapter",
+            "rand_p_adapter", "repadapter", "zero_adapter"]
+
+
+def test_merge_factor_is_a_hyper_parameter_of_exactly_the_scalable_methods():
+    table = peft_core.methods()
+    assert [m for m in METHODS if "merge_factor" in table[m]["hyperparameters"]] == SCALABLE
+    assert [m for m in METHODS if issubclass(get_method(m), Scalable)] == SCALABLE
+
+
+@pytest.mark.parametrize("method", SCALABLE)
+def test_apply_puts_the_merge_factor_on_every_inserted_module(method):
+    base = fresh("tiny_vit_b16_in21k")
+    model = peft_core.apply(copy.deepcopy(base), method, merge_factor=0.0)
+    assert {m.merge_factor for m in model.modules() if isinstance(m, InsertedModule)} == {0.0}
+    perturb_trainable(model)
+    model.eval()
+    x = images(model)
+    with torch.no_grad():
+        base.head.load_state_dict(model.head.state_dict())
+        torch.testing.assert_close(model(x), base(x), rtol=1e-5, atol=1e-6)
+        peft_core.set_merge_factor(model, 1.0)
+        assert not torch.allclose(model(x), base(x), atol=1e-4)
+
+
+def test_count_inserted_leaves_out_the_classifier_by_identity_not_by_name():
+    model = peft_core.apply(fresh("tiny_vit_b16_in21k"), "linear")
+    model.heads_gain = nn.Parameter(torch.ones(7))  # trainable, outside the classifier
+    assert peft_core.count_inserted(model) == 7
+
+
+def _vit_without_blocks() -> VisionTransformer:
+    return VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=0, num_heads=2, num_classes=3)
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "convpass", "lora", "rand_h_adapter", "repadapter"])
+def test_apply_refuses_a_method_that_found_nothing_to_train(method):
+    with pytest.raises(ValueError, match=f"^method '{method}' trains nothing besides the head on this "
+                                         f"model: its attach found nothing to adapt$"):
+        peft_core.apply(_vit_without_blocks(), method)
+
+
+def test_methods_that_train_nothing_on_purpose_still_apply():
+    for method in ("linear", "zero_shot"):
+        assert peft_core.count_inserted(peft_core.apply(_vit_without_blocks(), method)) == 0
+    # SSF still finds the patch embedding and the final norm: a scale and a shift on each.
+    assert peft_core.count_inserted(peft_core.apply(_vit_without_blocks(), "ssf")) == 4 * 32

@@ -7,14 +7,14 @@ from typing import ClassVar
 from torch import nn
 
 from ..layers import Bottleneck, PreNormParallel, SequentialAdapter
-from ..registry import MethodConfig, hp, register_method
+from ..registry import Scalable, hp, register_method
 
 _SCALERS = [0.01, 0.1, 1.0, 10.0]
 _RANKS = [4, 8, 16, 32]
 
 
 @dataclass
-class _Adapter(MethodConfig):
+class _Adapter(Scalable):
     """Shared fields and wiring; subclasses choose init and placement."""
 
     init: ClassVar[str] = "random"
@@ -22,12 +22,9 @@ class _Adapter(MethodConfig):
     aliases = {"rank": "adapter_bottleneck", "scale": "adapter_scaler"}
     adapter_bottleneck: int = hp(8, "bottleneck width r", grid=_RANKS, low=1)
     adapter_scaler: float = hp(0.1, "output scale s", grid=_SCALERS, low=0.0)
-    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
 
     def _bottleneck(self, dim: int) -> Bottleneck:
-        module = Bottleneck(dim, self.adapter_bottleneck, self.adapter_scaler, self.init)
-        module.merge_factor = self.merge_factor
-        return module
+        return Bottleneck(dim, self.adapter_bottleneck, self.adapter_scaler, self.init)
 
     def attach(self, model) -> None:
         for block in model.blocks:
@@ -37,6 +34,10 @@ class _Adapter(MethodConfig):
 
 
 _RELU = "ReLU adapters are not linear in their input"
+# The study's flags: every adapter here is on the MLP; its "xavier" init is this project's "random".
+_MLP_ADAPTER = {"ft_mlp_module": "adapter"}
+_AFTER = ("sequential_after",)
+_RANDOM_INIT = ("xavier", "random", None)
 
 
 @register_method
@@ -47,6 +48,9 @@ class AdaptFormer(_Adapter):
     init = "lora_kaiming"
     identity_at_init = True
     cannot_merge = _RELU
+    study_switches = _MLP_ADAPTER
+    study_modes = {"ft_mlp_mode": ("parallel", None), "ft_mlp_ln": ("before", None),
+                   "adapter_init": ("lora_kaiming", None)}
     adapter_bottleneck: int = hp(8, "bottleneck width r", grid=[4, 16, 32], low=1)
     adapter_scaler: float = hp(0.1, "output scale s", grid=[0.05, 0.1, 0.2], low=0.0)
 
@@ -64,6 +68,8 @@ class LoraPAdapter(_Adapter):
     init = "lora_xavier"
     identity_at_init = True
     cannot_merge = _RELU
+    study_switches = _MLP_ADAPTER
+    study_modes = {"ft_mlp_mode": _AFTER, "adapter_init": ("lora_xavier",)}
     adapter_bottleneck: int = hp(8, "bottleneck width r", grid=[4, 8, 16, 32, 64], low=1)
 
 
@@ -73,6 +79,8 @@ class RandPAdapter(_Adapter):
     name = "rand_p_adapter"
     trains = "a Pfeiffer adapter after each MLP (random init)"
     cannot_merge = _RELU
+    study_switches = _MLP_ADAPTER
+    study_modes = {"ft_mlp_mode": _AFTER, "adapter_init": _RANDOM_INIT}
 
 
 @register_method
@@ -82,6 +90,9 @@ class RandHAdapter(_Adapter):
     trains = "Houlsby adapters after each attention and each MLP branch (random init)"
     after_attention = True
     cannot_merge = _RELU
+    study_switches = {**_MLP_ADAPTER, "ft_attn_module": "adapter"}
+    study_modes = {"ft_mlp_mode": _AFTER, "ft_attn_mode": ("sequential_after", None),
+                   "adapter_init": _RANDOM_INIT}
 
 
 @register_method
@@ -91,3 +102,5 @@ class ZeroAdapter(_Adapter):
     trains = "the VPT paper's adapter after each MLP (down weight and up bias start at zero)"
     init = "zero"
     cannot_merge = _RELU
+    study_switches = _MLP_ADAPTER
+    study_modes = {"ft_mlp_mode": _AFTER, "adapter_init": ("zero",)}

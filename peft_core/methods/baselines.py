@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..registry import MethodConfig, register_method
+from ..registry import ON, MethodConfig, register_method
 
 
 @register_method
@@ -11,6 +11,7 @@ from ..registry import MethodConfig, register_method
 class Linear(MethodConfig):
     name = "linear"
     trains = "nothing (linear probing)"
+    role = "linear_probe"
     identity_at_init = True
 
     def attach(self, model) -> None:
@@ -22,7 +23,9 @@ class Linear(MethodConfig):
 class Full(MethodConfig):
     name = "full"
     trains = "every parameter"
+    role = "full_finetune"
     identity_at_init = True
+    study_switches = {"full": ON}
     changes_weights = True
 
     def attach(self, model) -> None:
@@ -36,6 +39,7 @@ class ZeroShot(MethodConfig):
     trains = "nothing, not even the head (CLIP tower + text-built head)"
     identity_at_init = True
     trains_head = False
+    role = "zero_shot"
 
     def attach(self, model) -> None:
         pass

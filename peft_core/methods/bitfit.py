@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..layers import ChannelAffine, OutputAffine
-from ..registry import MethodConfig, register_method
+from ..registry import ON, MethodConfig, register_method
 
 
 def _backbone_modules(model):
@@ -37,6 +37,7 @@ class BitFit(MethodConfig):
     trains = "every bias outside the head (qkv, proj, fc1, fc2, LayerNorms, patch embed)"
     identity_at_init = True
     changes_weights = True
+    study_switches = {"bitfit": ON}
 
     def attach(self, model) -> None:
         train_biases(model)
@@ -49,6 +50,7 @@ class LayerNormTune(MethodConfig):
     trains = "every LayerNorm weight and bias"
     identity_at_init = True
     changes_weights = True
+    study_switches = {"ln": ON}
 
     def attach(self, model) -> None:
         train_layernorms(model)
@@ -61,6 +63,7 @@ class DiffFit(MethodConfig):
     trains = "biases, LayerNorm weights, and per-block gains on the attention and MLP branches"
     identity_at_init = True
     changes_weights = True
+    study_switches = {"difffit": ON}
 
     def attach(self, model) -> None:
         train_biases(model)

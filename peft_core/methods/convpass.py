@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import LowRankBranch, ParallelBranch, QuickGELU
-from ..registry import MethodConfig, hp, register_method
+from ..registry import Scalable, hp, register_method
 
 
 class ConvBypass(LowRankBranch):
@@ -50,23 +50,24 @@ class ConvBypass(LowRankBranch):
 
 @register_method
 @dataclass
-class ConvPass(MethodConfig):
+class ConvPass(Scalable):
     name = "convpass"
     trains = "a conv bypass beside each attention and each MLP"
     aliases = {"rank": "convpass_bottleneck", "scale": "convpass_scaler"}
     identity_at_init = True
     cannot_merge = "the bypass has QuickGELU non-linearities and a spatial convolution"
+    # Beside both branches, fed their normed input ("ln after").
+    study_switches = {"ft_attn_module": "convpass", "ft_mlp_module": "convpass"}
+    study_modes = {"ft_attn_mode": ("parallel", None), "ft_mlp_mode": ("parallel", None),
+                   "ft_attn_ln": ("after", None), "ft_mlp_ln": ("after", None)}
     convpass_bottleneck: int = hp(8, "bottleneck width r", grid=[8, 16], low=1)
     convpass_scaler: float = hp(1.0, "output scale s", grid=[0.01, 0.1, 1.0, 10.0, 100.0], low=0.0)
     convpass_xavier_init: bool = hp(False, "xavier conv init instead of identity", grid=[True, False])
-    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
 
     def _bypass(self, model) -> ConvBypass:
-        module = ConvBypass(model.embed_dim, self.convpass_bottleneck, self.convpass_scaler,
-                            tuple(model.patch_embed.grid_size), model.num_prefix_tokens,
-                            self.convpass_xavier_init)
-        module.merge_factor = self.merge_factor
-        return module
+        return ConvBypass(model.embed_dim, self.convpass_bottleneck, self.convpass_scaler,
+                          tuple(model.patch_embed.grid_size), model.num_prefix_tokens,
+                          self.convpass_xavier_init)
 
     def attach(self, model) -> None:
         for block in model.blocks:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import InsertedModule, LowRankBranch, ParallelBranch
-from ..registry import MethodConfig, hp, register_method
+from ..registry import Scalable, hp, register_method
 
 # Slots of the 12 cores per block (FacT-TK's P columns): q, k, v, proj, fc1 x4, fc2 x4.
 _SLOTS = {"qkv": slice(0, 3), "proj": slice(3, 4), "fc1": slice(4, 8), "fc2": slice(8, 12)}
@@ -82,22 +82,19 @@ class FactDelta(LowRankBranch):
 
 
 @dataclass
-class _Fact(MethodConfig):
+class _Fact(Scalable):
     tensor_cores: ClassVar[bool] = False
     aliases = {"rank": "fact_dim", "scale": "fact_scaler"}
     identity_at_init = True
     fact_dim: int = hp(8, "factor rank d", grid=[8, 16, 32], low=1)
     fact_scaler: float = hp(1.0, "output scale s", grid=_SCALERS, low=0.0)
-    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
 
     def attach(self, model) -> None:
         factors = FactFactors(model.embed_dim, self.fact_dim, len(model.blocks), self.tensor_cores)
-        factors.merge_factor = self.merge_factor
         model.fact = factors
 
         def wrap(linear: nn.Linear, kind: str, index: int) -> ParallelBranch:
             delta = FactDelta(factors, kind, index, self.fact_scaler, not self.tensor_cores)
-            delta.merge_factor = self.merge_factor
             return ParallelBranch(linear, delta)
 
         for i, block in enumerate(model.blocks):
@@ -112,6 +109,7 @@ class _Fact(MethodConfig):
 class FactTT(_Fact):
     name = "fact_tt"
     trains = "shared U, V and per-block cores for q, k, v, proj, fc1, fc2 (tensor-train)"
+    study_switches = {"fact_type": "tt"}
 
 
 @register_method
@@ -120,4 +118,5 @@ class FactTK(_Fact):
     name = "fact_tk"
     trains = "shared U, V, a d x d x d core tensor and a d x 12L factor (Tucker)"
     tensor_cores = True
+    study_switches = {"fact_type": "tk"}
     fact_dim: int = hp(16, "factor rank d", grid=[16, 32, 64], low=1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import LowRankBranch, ParallelBranch
-from ..registry import MethodConfig, hp, register_method
+from ..registry import ON, Scalable, hp, register_method
 
 
 class LowRankDelta(LowRankBranch):
@@ -28,17 +28,16 @@ class LowRankDelta(LowRankBranch):
 
 @register_method
 @dataclass
-class LoRA(MethodConfig):
+class LoRA(Scalable):
     name = "lora"
     trains = "low-rank A (D->r) and B (r->3D) on every block's qkv"
     aliases = {"rank": "lora_bottleneck"}
     identity_at_init = True
+    study_switches = {"lora_bottleneck": ON}  # the study's default file sets it to 0: off
     lora_bottleneck: int = hp(8, "rank r", grid=[1, 8, 16, 32], low=1)
-    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
 
     def attach(self, model) -> None:
         for block in model.blocks:
             qkv = block.attn.qkv
             delta = LowRankDelta(qkv.in_features, qkv.out_features, self.lora_bottleneck)
-            delta.merge_factor = self.merge_factor
             block.attn.qkv = ParallelBranch(qkv, delta)

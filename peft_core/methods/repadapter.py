@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..layers import InsertedModule, PreAdapter, grouped_linear
-from ..registry import MethodConfig, hp, register_method
+from ..registry import Scalable, hp, register_method
 
 
 class RepDelta(InsertedModule):
@@ -33,21 +33,20 @@ class RepDelta(InsertedModule):
 
 @register_method
 @dataclass
-class RepAdapter(MethodConfig):
+class RepAdapter(Scalable):
     name = "repadapter"
     trains = "a linear adapter on the normed input of every qkv and fc1"
     aliases = {"rank": "repadapter_bottleneck", "scale": "repadapter_scaler"}
     identity_at_init = True
+    study_switches = {"ft_attn_module": "repadapter", "ft_mlp_module": "repadapter"}
+    study_modes = {"ft_attn_mode": ("sequential_before", None),
+                   "ft_mlp_mode": ("sequential_before", None)}
     repadapter_bottleneck: int = hp(8, "bottleneck width r", grid=[8, 16, 32], low=1)
     repadapter_scaler: float = hp(1.0, "output scale s", grid=[0.1, 0.5, 1.0, 5.0, 10.0], low=0.0)
     repadapter_group: int = hp(2, "groups of the up projection", low=1)
-    merge_factor: float = hp(1.0, "multiplies every inserted module's output", low=0.0)
 
     def _delta(self, dim: int) -> RepDelta:
-        module = RepDelta(dim, self.repadapter_bottleneck, self.repadapter_scaler,
-                          self.repadapter_group)
-        module.merge_factor = self.merge_factor
-        return module
+        return RepDelta(dim, self.repadapter_bottleneck, self.repadapter_scaler, self.repadapter_group)
 
     def attach(self, model) -> None:
         for block in model.blocks:

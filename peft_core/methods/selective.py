@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..registry import MethodConfig, hp, register_method
+from ..registry import ON, MethodConfig, hp, register_method
 
 
 def _blocks(model, method: str, key: str, indices: list[int]):
@@ -31,6 +31,7 @@ class AttnTune(MethodConfig):
     trains = "qkv and/or proj of the listed blocks"
     identity_at_init = True
     changes_weights = True
+    study_switches = {"attention_index": ON}
     attention_index: list[int] = hp([-1], "block indices")
     attention_type: str = hp("both", "which projections", choices=["qkv", "proj", "both"])
 
@@ -46,6 +47,7 @@ class MlpTune(MethodConfig):
     trains = "fc1 and/or fc2 of the listed blocks"
     identity_at_init = True
     changes_weights = True
+    study_switches = {"mlp_index": ON}
     mlp_index: list[int] = hp([-1], "block indices")
     mlp_type: str = hp("both", "which layers", choices=["fc1", "fc2", "both"])
 
@@ -61,6 +63,7 @@ class BlockTune(MethodConfig):
     trains = "every weight of the listed blocks"
     identity_at_init = True
     changes_weights = True
+    study_switches = {"block_index": ON}
     block_index: list[int] = hp([-1], "block indices")
 
     def attach(self, model) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..layers import ChannelAffine, OutputAffine
-from ..registry import MethodConfig, register_method
+from ..registry import ON, MethodConfig, register_method
 
 
 def _ssf(module, dim: int) -> OutputAffine:
@@ -16,6 +16,7 @@ def _ssf(module, dim: int) -> OutputAffine:
 class SSF(MethodConfig):
     name = "ssf"
     trains = "scale and shift after patch embed, norm1, qkv, proj, norm2, fc1, fc2, final norm"
+    study_switches = {"ssf": ON}
 
     def attach(self, model) -> None:
         dim = model.embed_dim

@@ -16,6 +16,9 @@ from ..layers import InsertedModule
 from ..registry import MethodConfig, hp, register_method
 
 _NOT_LINEAR = "prompt tokens change the sequence the attention sees; they do not fold into weights"
+# What is implemented of the study's prompt flags: prompts from block 0 on (its vpt_layer would
+# keep only the last k blocks) and PromptTokens' dropout of 0.1.
+_STUDY_MODES = {"vpt_layer": (None,), "vpt_dropout": (0.1, None)}
 
 
 def prompt_init_bound(model) -> float:
@@ -69,6 +72,8 @@ class VPTShallow(MethodConfig):
     trains = "prompt tokens prepended at block 0"
     aliases = {"num_tokens": "vpt_num"}
     cannot_merge = _NOT_LINEAR
+    study_switches = {"vpt_mode": "shallow"}
+    study_modes = _STUDY_MODES
     vpt_num: int = hp(10, "number of prompt tokens", grid=[5, 10, 50, 100, 200], low=1)
     vpt_original: bool = hp(False, "keep the prompts through all blocks (VPT paper) instead of "
                                    "dropping them after block 0 (the study's code)")
@@ -84,6 +89,8 @@ class VPTDeep(MethodConfig):
     trains = "fresh prompt tokens before every block"
     aliases = {"num_tokens": "vpt_num"}
     cannot_merge = _NOT_LINEAR
+    study_switches = {"vpt_mode": "deep"}
+    study_modes = _STUDY_MODES
     vpt_num: int = hp(10, "prompt tokens per block", grid=[5, 10, 50, 100], low=1)
 
     def attach(self, model) -> None:

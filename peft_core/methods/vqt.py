@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..layers import InsertedModule
-from ..registry import MethodConfig, hp, register_method
+from ..registry import ON, MethodConfig, hp, register_method
 from .vpt import prompt_init_bound
 
 
@@ -64,6 +64,7 @@ class VQT(MethodConfig):
     trains = "query tokens per block and the weights combining their outputs with CLS"
     aliases = {"num_tokens": "vqt_num"}
     cannot_merge = "query tokens add features the head reads; they do not fold into weights"
+    study_switches = {"vqt_num": ON}  # the study's default file sets it to 0: off
     vqt_num: int = hp(10, "query tokens per block", low=1)
 
     def attach(self, model) -> None:
