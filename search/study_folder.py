@@ -20,6 +20,16 @@ SOURCE = "source.txt"
 TRACKING_URI = "tracking_uri.txt"
 MLFLOW_RUNS = "mlflow_runs.json"  # MLflow run id of every cell and trial
 DONE = ("completed", "pruned", "failed")  # the states of a finished trial in SEARCH_STATE
+TUNE_EXPERIMENT = "tune"  # Ray Tune's experiment folder, under ray/
+
+
+def tune_dir(study_dir: Path) -> Path:
+    return Path(study_dir) / "ray" / TUNE_EXPERIMENT
+
+
+def trial_folder_name(trial_id: str) -> str:
+    """Short, stable trial folders (Tune's default name embeds the whole config)."""
+    return f"trial_{trial_id}"
 
 
 def write_json(path: Path, obj: Any) -> None:

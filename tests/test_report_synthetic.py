@@ -12,7 +12,7 @@ from PIL import Image
 
 from search.report.overlap import prediction_overlap
 from search.report.build import report
-from search.report.records import dataset_key, manyshot_split
+from search.report.datasets import dataset_key, manyshot_split
 
 OURS = {  # (dataset, method): test top-1 of each final run (one per seed)
     ("dtd", "lora"): [70.0, 72.0], ("dtd", "linear"): [60.0], ("dtd", "full"): [65.0],

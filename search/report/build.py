@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import figures, tables
-from .overlap import overlap_table
 from ..study_folder import tracking_source
-from .records import VTAB_TASKS, StudyRuns, load_runs
+from . import figures, tables
+from .datasets import VTAB_TASKS
+from .overlap import overlap_table
+from .records import StudyRecords, load_records
 from .tabular import Table, with_deltas, write_table
 
 Source = tuple[str, str] | Path | str  # (tracking URI, experiment) or a study folder
@@ -28,10 +29,10 @@ def resolve(source: Source) -> tuple[str, str]:
     return tracking_source(Path(source))
 
 
-def build_tables(runs: StudyRuns) -> dict[str, Table]:
+def build_tables(study: StudyRecords) -> dict[str, Table]:
     """Every result table the runs allow, by file stem (overlap and budget aside)."""
-    built = [tables.vtab_table(runs), tables.datasets_table(runs), *tables.manyshot_tables(runs),
-             tables.domain_shift_table(runs), tables.wise_table(runs)]
+    built = [tables.vtab_table(study), tables.datasets_table(study), *tables.manyshot_tables(study),
+             tables.domain_shift_table(study), tables.wise_table(study)]
     return {t.name: t for t in built if t is not None}
 
 
@@ -47,14 +48,13 @@ def _task_scores(built: dict[str, Table]) -> dict[str, dict[str, float]]:
     return scores
 
 
-def _figures(built: dict[str, Table], overlaps: dict, out: Path) -> list[Path]:
+def _figures(built: dict[str, Table], overlaps: dict, roles: dict[str, str], out: Path) -> list[Path]:
     made = []
     if "vtab1k" in built:
         made += [figures.plot_accuracy_vs_params(built["vtab1k"], out / "accuracy_vs_params.png"),
                  figures.plot_group_means(built["vtab1k"], out / "group_means.png")]
-    scores = _task_scores(built)
-    if any("linear" in s and len(s) > 1 for s in scores.values()):
-        made.append(figures.plot_gain_over_linear(scores, out / "gain_over_linear.png"))
+    gain = figures.plot_gain_over_linear(_task_scores(built), roles, out / "gain_over_linear.png")
+    made += [gain] if gain else []
     if "wise" in built:
         made.append(figures.plot_wise(built["wise"], out / "wise.png"))
     for (dataset, name), counts in overlaps.items():
@@ -73,27 +73,29 @@ def report(tracking_uri: str, experiment: str, out: Path, compare_to: Source | N
     prediction-overlap analysis."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(tracking_uri, experiment)
+    study = load_records(tracking_uri, experiment)
+    finished = bool(study.finished_finals())
     theirs = None
     if compare_to is not None:
         other_uri, other_experiment = resolve(compare_to)
-        theirs = (build_tables(load_runs(other_uri, other_experiment)), f"'{other_experiment}'")
-    built = build_tables(runs) if runs.finals else {}
+        theirs = (build_tables(load_records(other_uri, other_experiment)), f"'{other_experiment}'")
+    built = build_tables(study) if finished else {}
     if theirs:
         built = {name: with_deltas(t, theirs[0].get(name, Table(name, [])), theirs[1])
                  if name in COMPARED or name.startswith("manyshot_") else t for name, t in built.items()}
-    overlap, overlaps = overlap_table(runs, top_k) if runs.finals else (None, {})
-    budget = tables.budget_table(runs)
+    overlap, overlaps = overlap_table(study, top_k) if finished else (None, {})
+    budget = tables.budget_table(study)
     written = [t for t in [*built.values(), overlap, budget] if t is not None]
     for table in written:
         write_table(table, out)
-    made = _figures(built, overlaps, out)
-    missing = [] if runs.finals else ["every cell: no finished final runs yet"]
+    made = _figures(built, overlaps, {r.method: r.role for r in study.records}, out)
+    missing = [] if finished else ["every cell: no finished final runs yet"]
     missing += [line for table in written for line in table.missing]
-    if runs.running:
-        missing.append(f"still running: {runs.running} runs (not in the tables)")
+    running = study.running()
+    if running:
+        missing.append(f"still running: {running} runs (not in the tables)")
     (out / "missing.txt").write_text("".join(f"{line}\n" for line in missing))
     vtab = built.get("vtab1k")
     return {"rows": len(vtab.rows) if vtab else 0, "missing": missing,
-            "datasets": sorted({d for d, _ in runs.cells if d not in VTAB_TASKS}),
+            "datasets": sorted({r.dataset for r in study.records if r.vtab_group is None}),
             "tables": [t.name for t in written], "figures": [p.name for p in made]}

@@ -8,10 +8,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .records import GROUPS
+from .datasets import GROUPS
 from .tabular import Table
 
-BASELINES = ("linear", "full", "zero_shot")  # everything else counts as a PEFT method
 DPI = 100
 
 
@@ -63,23 +62,31 @@ def plot_accuracy_vs_params(vtab: Table, path: Path) -> Path:
     return _finish(fig, ax, path, "Accuracy vs inserted parameters", "VTAB-1K test top-1, mean of 3 groups")
 
 
-def plot_gain_over_linear(scores: dict[str, dict[str, float]], path: Path) -> Path:
-    """Per task, accuracy minus linear probing: the range over PEFT methods (min–max bar, a dot
-    per method, a tick at their mean) and full fine-tuning (a diamond) — the paper's Figure 1a. ``scores``: {task: {method:
-    top-1}}; tasks without linear probing are left out."""
+def _with_role(methods: dict[str, float], roles: dict[str, str], role: str) -> list[float]:
+    """The scores of the methods whose role (``peft_core.registry.role_of``) is ``role``."""
+    return [score for method, score in methods.items() if roles.get(method) == role]
+
+
+def plot_gain_over_linear(scores: dict[str, dict[str, float]], roles: dict[str, str], path: Path) -> Path | None:
+    """Per task, accuracy minus linear probing (the method whose role is ``linear_probe``): the range
+    over PEFT methods (min–max bar, a dot per method, a tick at their mean) and full fine-tuning (a
+    diamond) — the paper's Figure 1a. ``scores``: {task: {method: top-1}}, ``roles``: {method: role};
+    tasks without linear probing are left out. None when no task has linear probing and another method."""
+    bases = {t: probe[0] for t, s in scores.items() if (probe := _with_role(s, roles, "linear_probe"))}
+    if not any(len(scores[t]) > 1 for t in bases):
+        return None
     fig, ax = _figure(10, 5)
-    tasks = [t for t, s in scores.items() if "linear" in s]
+    tasks = list(bases)
     for x, task in enumerate(tasks):
-        base = scores[task]["linear"]
-        gains = [v - base for m, v in scores[task].items() if m not in BASELINES]
+        base = bases[task]
+        gains = [v - base for v in _with_role(scores[task], roles, "peft")]
         if gains:
             ax.bar(x, max(gains) - min(gains), 0.5, bottom=min(gains), color="tab:blue", alpha=0.4,
                    label=_once(ax, "PEFT range (min–max)"))
             ax.scatter([x] * len(gains), gains, s=10, color="tab:blue", label=_once(ax, "PEFT methods"))
             ax.scatter(x, sum(gains) / len(gains), marker="_", s=500, color="tab:blue", label=_once(ax, "PEFT mean"))
-        if "full" in scores[task]:
-            ax.scatter(x, scores[task]["full"] - base, marker="D", color="tab:red", zorder=3,
-                       label=_once(ax, "full fine-tuning"))
+        for full in _with_role(scores[task], roles, "full_finetune"):
+            ax.scatter(x, full - base, marker="D", color="tab:red", zorder=3, label=_once(ax, "full fine-tuning"))
     ax.axhline(0, color="black", linewidth=0.8)
     ax.use_sticky_edges = False  # zero-height ranges must not pin the limits
     ax.margins(y=0.1)

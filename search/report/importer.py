@@ -16,7 +16,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ..mlflow_layout import get_experiment_id
+from ..mlflow_layout import (BACKBONE, CELL, DATASET, METHOD, PARENT, PHASE, PHASE_CELL, PHASE_FINAL, PHASE_TUNE,
+                             STUDY, get_experiment_id)
 
 _TUNE_METRICS = ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5")
 _FINAL_METRICS = ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5")
@@ -88,16 +89,16 @@ def import_petl(root: Path, tracking_uri: str, experiment: str, backbone: str = 
     now = int(time.time() * 1000)
     for cell, data in cells.items():
         task, method = cell.split("/")
-        base = {"study": experiment, "dataset": task, "method": method, "backbone": backbone,
-                "cell": cell, "source": "petl_vision"}
-        parent = client.create_run(experiment_id, run_name=cell, tags={**base, "phase": "cell"}).info.run_id
+        base = {STUDY: experiment, DATASET: task, METHOD: method, BACKBONE: backbone, CELL: cell,
+                "source": "petl_vision"}
+        parent = client.create_run(experiment_id, run_name=cell, tags={**base, PHASE: PHASE_CELL}).info.run_id
         for params, metrics in data["tune"]:
-            run = client.create_run(experiment_id, tags={**base, "phase": "tune", "mlflow.parentRunId": parent})
+            run = client.create_run(experiment_id, tags={**base, PHASE: PHASE_TUNE, PARENT: parent})
             client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                              params=[Param("method", method)] + [Param(k, str(v)) for k, v in params.items()])
             client.set_terminated(run.info.run_id)
         for final in data["finals"]:
-            run = client.create_run(experiment_id, tags={**base, "phase": "final", "mlflow.parentRunId": parent})
+            run = client.create_run(experiment_id, tags={**base, PHASE: PHASE_FINAL, PARENT: parent})
             client.log_batch(run.info.run_id, params=[Param("method", method), Param("seed", final.pop("seed"))]
                              + [Param(k, str(v)) for k, v in data["result"].get("best_tune", {}).items()],
                              metrics=[Metric(k, v, now, 0) for k, v in final.items()]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import StudyRuns
+from .records import Artifacts, StudyRecords, pivot
 from .tabular import Column, Table
 
 PREDICTIONS = "predictions"
@@ -48,10 +48,9 @@ def _overlap(ranked: dict[str, np.ndarray], k: int) -> dict[str, dict]:
     return result
 
 
-def _ranked(runs: StudyRuns, run_id: str, path: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _ranked(artifacts: Artifacts, run_id: str, path: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(labels, confident correct indices) of one predictions file; the logits are not kept."""
-    folder.mkdir(parents=True, exist_ok=True)
-    local = Path(runs.client.download_artifacts(run_id, path, str(folder)))
+    local = artifacts.download(run_id, path, folder)
     with np.load(local) as data:
         labels = np.asarray(data["labels"])
         ranked = confident_correct(np.asarray(data["logits"]), labels)
@@ -59,16 +58,16 @@ def _ranked(runs: StudyRuns, run_id: str, path: str, folder: Path) -> tuple[np.n
     return labels, ranked
 
 
-def overlap_table(runs: StudyRuns, k: int = 1000) -> tuple[Table | None, dict[tuple[str, str], dict]]:
+def overlap_table(study: StudyRecords, k: int = 1000) -> tuple[Table | None, dict[tuple[str, str], dict]]:
     """The overlap of every (dataset, set) that at least two methods logged predictions for: the
     table and {(dataset, set): {method: counts}} for the figure. One final run (the first seed)
     per method; a set whose labels differ between methods is skipped and listed as missing."""
+    first_seeds = pivot(study.finished_finals(), "dataset", "method", lambda runs: runs[0].run_id)
     found: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
-    for (dataset, method), finals in sorted(runs.finals.items()):
-        run_id = finals[0].info.run_id
-        for info in runs.client.list_artifacts(run_id, PREDICTIONS):
-            if info.path.endswith(".npz"):
-                found.setdefault((dataset, Path(info.path).stem), {})[method] = (run_id, info.path)
+    for (dataset, method), run_id in sorted(first_seeds.items()):
+        for path in study.artifacts.paths(run_id, PREDICTIONS):
+            if path.endswith(".npz"):
+                found.setdefault((dataset, Path(path).stem), {})[method] = (run_id, path)
     table = Table("overlap", [Column("dataset", "dataset", "text"), Column("set", "set", "text"),
                               Column("method", "method", "text")]
                   + [Column(c, c.replace("_", " "), "int") for c in ("k", "shared_with_all", "shared_with_some",
@@ -80,7 +79,7 @@ def overlap_table(runs: StudyRuns, k: int = 1000) -> tuple[Table | None, dict[tu
         for (dataset, name), methods in sorted(found.items()):
             if len(methods) < 2:
                 continue
-            loaded = {m: _ranked(runs, rid, path, Path(tmp) / dataset / name / m)
+            loaded = {m: _ranked(study.artifacts, rid, path, Path(tmp) / dataset / name / m)
                       for m, (rid, path) in methods.items()}
             first = next(iter(loaded.values()))[0]
             if any(not np.array_equal(labels, first) for labels, _ in loaded.values()):

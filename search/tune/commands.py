@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -27,18 +28,24 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .driver import run_study
-    from .status import summarize
-    study_dir = run_study(args.study, args.out)
-    print_status(summarize(study_dir), study_dir)
-    return 0
+    return _finished(run_study(args.study, args.out))
 
 
 def resume(args: argparse.Namespace) -> int:
     from .driver import resume_study
-    from .status import summarize
-    study_dir = resume_study(args.study_dir)
-    print_status(summarize(study_dir), study_dir)
-    return 0
+    return _finished(resume_study(args.study_dir))
+
+
+def _finished(study_dir: Path) -> int:
+    """The status table; exit 0 only when every cell ended with its final runs, else 1 and one
+    line per cell that did not, with its first error."""
+    from .status import failed_cells, summarize
+    summary = summarize(study_dir)
+    print_status(summary, study_dir)
+    failed = failed_cells(summary)
+    for cell, error in failed.items():
+        print(f"peft-search: cell {cell} failed: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def status(args: argparse.Namespace) -> int:

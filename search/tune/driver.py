@@ -10,13 +10,13 @@ from pathlib import Path
 from ..cluster.storage import check_shared_storage
 from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study
-from ..study_folder import SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, load_study_dir
+from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, load_study_dir,
+                            trial_folder_name, tune_dir)
 from .scheduler import CellASHA
 from .searcher import StudySearcher
 from .status import summarize
 from .tracking import StudyTracker
 
-EXPERIMENT = "tune"
 # Tune snapshots its experiment state at most this often (seconds); our own state is per event.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -26,8 +26,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def trial_dirname(trial) -> str:
-    """Short, stable trial folders (Tune's default name embeds the whole config)."""
-    return f"trial_{trial.trial_id}"
+    return trial_folder_name(trial.trial_id)
 
 
 def _progress_callback(study_dir: Path):
@@ -73,7 +72,7 @@ def _trainable(study: Study):
 def _run_config(study: Study, study_dir: Path, uri: str):
     from ray import tune
     return tune.RunConfig(
-        name=EXPERIMENT, storage_path=str((study_dir / "ray").resolve()), verbose=0,
+        name=TUNE_EXPERIMENT, storage_path=str(tune_dir(study_dir).parent.resolve()), verbose=0,
         callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
@@ -126,7 +125,7 @@ def resume_study(study_dir: Path) -> Path:
     check_tracking_server(uri)
     _ray_init()
     check_shared_storage(study_dir)
-    tuner = tune.Tuner.restore(str(study_dir / "ray" / EXPERIMENT), trainable=_trainable(study),
+    tuner = tune.Tuner.restore(str(tune_dir(study_dir)), trainable=_trainable(study),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
     tuner.fit()
     return study_dir

@@ -5,8 +5,27 @@ import time
 from pathlib import Path
 
 from ..study import Cell, StudyError
-from ..study_folder import DONE, SEARCH_STATE, load_study_dir, read_json
+from ..study_folder import DONE, SEARCH_STATE, load_study_dir, read_json, trial_folder_name, tune_dir
 from .searcher import StudySearcher
+
+
+def first_error(study_dir: Path, record: dict) -> str:
+    """A failed trial's error in one line: its own (a diverged loss), else the last line of the
+    traceback Ray Tune kept in the trial's folder."""
+    if record.get("error"):
+        return record["error"]
+    error_file = tune_dir(study_dir) / trial_folder_name(record["trial_id"]) / "error.txt"
+    if error_file.is_file():
+        lines = [line.strip() for line in error_file.read_text().splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return "failed (no error recorded)"
+
+
+def failed_cells(summary: dict) -> dict[str, str]:
+    """Cells that did not end with their final runs, with their first error (or why)."""
+    return {cell: info["error"] or f"ended {info['status']}" for cell, info in summary["cells"].items()
+            if info["status"] != "done"}
 
 
 def summarize(study_dir: Path) -> dict:
@@ -30,10 +49,12 @@ def summarize(study_dir: Path) -> dict:
                    key=lambda t: t["value"], default=None)
         budget = study.budget(Cell.parse(cell)) if study else len(tuned)
         finals_done = [t for t in finals if t["status"] == "completed"]
-        done = (searcher.cell_status(Cell.parse(cell)) in ("done", "failed") if study
-                else all(t["status"] in DONE for t in mine))
+        status = searcher.cell_status(Cell.parse(cell)) if study else None
+        done = status in ("done", "failed") if study else all(t["status"] in DONE for t in mine)
+        failed = [t for t in mine if t["status"] == "failed"]
         per_cell[cell] = {
-            "done": done, "trials": len(tuned), "budget": budget,
+            "done": done, "status": status, "trials": len(tuned), "budget": budget,
+            "error": first_error(study_dir, failed[0]) if failed else None,
             "best_val": best["value"] if best else None, "best_params": best["params"] if best else None,
             "test_top1": [t["metrics"].get("test_top1") for t in finals_done],
             "epochs": sum(t["epochs"] for t in mine), "tune_epochs": sum(t["epochs"] for t in tuned),
