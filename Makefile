@@ -12,10 +12,11 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 install: $(STAMP) fashion-mnist
 
-# Fashion-MNIST (real data, offline) comes from Debian's dataset-fashion-mnist package.
+# Fashion-MNIST (real data, offline) comes from Debian's dataset-fashion-mnist package; the tests
+# need it, so a failed install stops make here, loudly.
 fashion-mnist:
 	@test -f $(FASHION) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
-	  || echo "warning: install the Debian package dataset-fashion-mnist for the Fashion-MNIST tasks"
+	  || { echo "make: cannot install the Debian package dataset-fashion-mnist (needed by the tests and the demo)" >&2; exit 1; }
 
 # Re-installs only when the project's declared dependencies change.
 $(STAMP): pyproject.toml

@@ -1,7 +1,8 @@
 """The study's training protocol for one run (a trial): no Ray, no MLflow, just a callback.
 
 ``train(config, report)`` builds the backbone, attaches the method, trains with AdamW and timm's
-``CosineLRScheduler`` stepped per epoch (warm-up from ``warmup_lr_init``), evaluates at the
+``CosineLRScheduler`` stepped after each epoch as the study does (epochs 0 and 1 at
+``warmup_lr_init``, epoch k at lr(k - 1)), evaluates at the
 configured epochs and calls ``report(metrics, checkpoint_dir)`` each time it evaluates.
 
 Final runs test either the last epoch (``final_acc_hp: true``, VTAB-1K: trained on train+val) or
@@ -103,10 +104,12 @@ class TrainConfig(TrainSettings):
         return self.model_dump()
 
     def evaluates_at(self, epoch: int) -> bool:
-        """Epochs count from 1 here: ``epoch`` epochs have been trained."""
+        """Epochs count from 1 here: ``epoch`` epochs have been trained. As the study (which counts
+        from 0 and evaluates at ``epoch % eval_freq == 0`` and the last epoch): the first, every
+        ``eval_freq``-th after it, the last, and the ASHA rungs in ``eval_epochs``."""
         if epoch in (1, self.epoch) or epoch in self.eval_epochs:
             return True
-        return bool(self.eval_freq) and epoch % self.eval_freq == 0
+        return bool(self.eval_freq) and (epoch - 1) % self.eval_freq == 0
 
     @property
     def selects_on_val(self) -> bool:
@@ -123,6 +126,18 @@ class TrainResult:
     seconds: float
     model: torch.nn.Module = field(repr=False, default=None)  # with the selected epoch's weights
     selected_epoch: int = 0  # the best-val epoch when ``selects_on_val``, else the last one trained
+
+
+def track_best(state: dict, value: float, epoch: int) -> bool:
+    """Record one validation result; True when it is a new best. As the study, early-stop
+    patience (``bad_evals``) counts only results strictly worse than the best: a tie neither
+    resets nor counts."""
+    if state["best"] is None or value > state["best"]:
+        state["best"], state["best_epoch"], state["bad_evals"] = value, epoch, 0
+        return True
+    if value < state["best"]:
+        state["bad_evals"] += 1
+    return False
 
 
 def _seed_everything(seed: int) -> None:
@@ -294,25 +309,23 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
 
     status = "completed"
     for epoch in range(state["epoch"], config.epoch):
-        scheduler.step(epoch)
+        # As the study: the scheduler steps after each epoch, so epoch 0 runs at the lr the
+        # scheduler starts with (warmup_lr_init), and epoch k at lr(k - 1).
         lr = optimizer.param_groups[0]["lr"]
         if not math.isfinite(lr):
             raise TrainingDiverged(f"learning rate is {lr} at epoch {epoch + 1}")
         train_metrics = _train_epoch(model, features.train_batches(batches, epoch) if features
                                      else batches.epoch(epoch), optimizer, device, autocast,
                                      epoch, lr, head_only=features is not None)
+        scheduler.step(epoch)
         state["epoch"] = epoch + 1
         if not config.evaluates_at(epoch + 1):
             continue
         metrics = {"epoch": epoch + 1, "lr": lr, "inserted_params": inserted, **train_metrics}
         if validates:
             metrics.update(scores("val"))
-            improved = state["best"] is None or metrics["val_top1"] > state["best"]
-            if improved:
-                state["best"], state["best_epoch"] = metrics["val_top1"], epoch + 1
-                if config.selects_on_val:
-                    best = {n: t.clone() for n, t in ckpt.trainable_state(model).items()}
-            state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+            if track_best(state, metrics["val_top1"], epoch + 1) and config.selects_on_val:
+                best = {n: t.clone() for n, t in ckpt.trainable_state(model).items()}
         stop = validates and config.early_patience and state["bad_evals"] >= config.early_patience
         # The test set is looked at once, at the end; it never selects anything.
         if "test" in eval_sets and (stop or epoch + 1 == config.epoch):

@@ -1,5 +1,6 @@
 """The training protocol on real data (scikit-learn digits) through the VTAB-1K layout."""
 import json
+import math
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ from timm.scheduler import CosineLRScheduler
 import peft_core
 from peft_core.checkpoint import load_adapter
 from peft_core.run_config import load_train_config
-from peft_core.train import TrainConfig, TrainingDiverged, build_model, train
+from peft_core.train import TrainConfig, TrainingDiverged, build_model, track_best, train
 
 
 def tiny(minivtab, **kw):
@@ -35,16 +36,44 @@ def test_zero_shot_evaluates_without_training(minivtab):
     assert result.inserted_params == 0 and "val_top1" in result.metrics
 
 
-def test_learning_rate_follows_timms_schedule(minivtab):
-    config = tiny(minivtab, method="linear", epoch=100, warmup_epoch=10, lr=0.01,
-                  eval_epochs=[1, 11, 100])
+def test_learning_rate_per_epoch_is_the_studys(minivtab):
+    # The study builds timm's CosineLRScheduler (which starts the optimizer at warmup_lr_init),
+    # trains an epoch, then calls scheduler.step(epoch): epoch k trains at lr(k - 1).
+    config = tiny(minivtab, method="linear", epoch=100, warmup_epoch=10, lr=1e-3, warmup_lr_init=1e-6,
+                  lr_min=1e-5, eval_freq=1)
     seen = {}
     train(config, report=lambda m, c: seen.__setitem__(m["epoch"] - 1, m["lr"]))
-    reference = CosineLRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01),
+    reference = CosineLRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3),
                                   t_initial=100, lr_min=1e-5, warmup_t=10, warmup_lr_init=1e-6)
-    for epoch in (0, 10, 99):
-        assert seen[epoch] == pytest.approx(reference._get_lr(epoch)[0], rel=1e-12), epoch
-    assert seen[0] == pytest.approx(1e-6) and 0.009 < seen[10] < 0.01 and seen[99] < 1e-4
+    assert sorted(seen) == list(range(100))
+    assert seen[0] == seen[1] == pytest.approx(1e-6, rel=1e-12)
+    for epoch in range(1, 100):
+        assert seen[epoch] == pytest.approx(reference._get_lr(epoch - 1)[0], rel=1e-12), epoch
+    step = (1e-3 - 1e-6) / 10
+    assert seen[10] == pytest.approx(1e-6 + 9 * step, rel=1e-12)  # the last warm-up value
+    # lr(10): timm's cosine (no warm-up prefix) at t = 10 of 100, one epoch later than lr(k) would put it
+    assert seen[11] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 10 / 100)), rel=1e-12)
+    assert seen[99] == pytest.approx(reference._get_lr(98)[0], rel=1e-12) and seen[99] > 1e-5
+
+
+@pytest.mark.parametrize("eval_freq,expected", [(0, [1, 10]), (1, list(range(1, 11))), (3, [1, 4, 7, 10]),
+                                                (4, [1, 5, 9, 10]), (20, [1, 10])])
+def test_evaluation_epochs_are_the_studys(eval_freq, expected):
+    # The study counts epochs from 0 and evaluates at epoch % eval_freq == 0 and at the last one.
+    config = TrainConfig(epoch=10, eval_freq=eval_freq)
+    assert [e for e in range(1, 11) if config.evaluates_at(e)] == expected
+    assert [e for e in range(1, 11) if TrainConfig(epoch=10, eval_freq=eval_freq, eval_epochs=[6]).evaluates_at(e)] \
+        == sorted(set(expected) | {6})
+
+
+def test_patience_counts_only_strictly_worse_results():
+    state = {"best": None, "best_epoch": 0, "bad_evals": 0}
+    trace = []
+    for epoch, value in enumerate([50.0, 50.0, 60.0, 60.0, 55.0, 60.0, 58.0, 61.0], start=1):
+        new_best = track_best(state, value, epoch)
+        trace.append((new_best, state["bad_evals"]))
+    assert trace == [(True, 0), (False, 0), (True, 0), (False, 0), (False, 1), (False, 1), (False, 2), (True, 0)]
+    assert state["best"] == 61.0 and state["best_epoch"] == 8
 
 
 def test_nan_learning_rate_fails_the_trial_clearly(minivtab):

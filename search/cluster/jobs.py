@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What a job needs of the project: its packages and the spaces a study may include.
 SHIPPED = ("peft_core", "search", "spaces", "pyproject.toml")
 STUDY_FILE = "submitted_study.yaml"

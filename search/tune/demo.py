@@ -15,7 +15,7 @@ from ..study import load_study
 from .driver import run_study
 from .status import summarize
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "spaces" / "demo.yaml"
 
 
