@@ -48,7 +48,10 @@ def resolve(values: dict[str, Any], source: str) -> TrainConfig:
             allowed = ", ".join(sorted(train_keys | hp_keys))
             raise ValueError(f"{source}: unknown key '{key}'; allowed: {allowed}")
     method_cls.from_hp(**hp)  # validate now: errors name the key before any work starts
-    return TrainConfig(method=method, hp=hp, **kwargs)
+    try:
+        return TrainConfig(method=method, hp=hp, **kwargs)
+    except ValueError as err:  # name the file(s), not "train config"
+        raise ValueError(f"{source}: {str(err).removeprefix('train config: ')}") from None
 
 
 def load_train_config(paths: list[Path], overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -57,8 +60,4 @@ def load_train_config(paths: list[Path], overrides: dict[str, Any] | None = None
     for path in paths:
         values.update(read_yaml(path))
     values.update(overrides or {})
-    source = " + ".join(str(p) for p in paths) or "--set"
-    try:
-        return resolve(values, source)
-    except TypeError as err:  # a value of the wrong type reaching TrainConfig
-        raise ValueError(f"{source}: {err}") from None
+    return resolve(values, " + ".join(str(p) for p in paths) or "--set")

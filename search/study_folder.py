@@ -3,7 +3,8 @@ study back from it. Shared by the tuning service, the report, export and the clu
 
 ``search_state.json`` (the searcher: every trial, its cell, phase, params, status, value) and
 ``asha_state.json`` (each cell's rung records) are the resume and status source of truth;
-``study.yaml`` is the study as it started, ``tracking_uri.txt`` where its MLflow runs are.
+``study.yaml`` is the study as it started (includes merged, paths absolute: frozen),
+``source.txt`` the file it came from, ``tracking_uri.txt`` where its MLflow runs are.
 """
 from __future__ import annotations
 
@@ -62,8 +63,7 @@ def load_study_dir(study_dir: Path):
     study_dir = Path(study_dir)
     if not (study_dir / SEARCH_STATE).is_file():
         raise StudyError(f"{study_dir}: not a study folder (no {SEARCH_STATE})")
-    source = Path((study_dir / SOURCE).read_text().strip())
-    study = load_study(source if source.is_file() else study_dir / STUDY_COPY)
+    study = load_study(study_dir / STUDY_COPY)  # as it started: never the (editable) source file
     return study, (study_dir / TRACKING_URI).read_text().strip()
 
 

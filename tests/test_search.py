@@ -173,3 +173,23 @@ def test_final_runs_keep_test_predictions_and_report_their_overlap(finished, tmp
     assert main(["report", str(study_dir), "--out", str(tmp_path / "report"), "--top-k", "20"]) == 0
     rows = list(csv.DictReader((tmp_path / "report" / "overlap.csv").open()))
     assert {r["method"] for r in rows} == {"linear", "lora", "full"}
+
+
+def test_the_study_folder_keeps_the_study_as_it_started(finished, tmp_path):
+    from search.study_folder import STUDY_COPY, load_study_dir
+    study, study_dir, _ = finished
+    frozen = yaml.safe_load((study_dir / STUDY_COPY).read_text())
+    assert "include" not in frozen and frozen["data_root"].startswith("/")
+    source = study.source
+    original = source.read_text()
+    try:  # the source is edited (or moved) while the study runs: resume and status never see it
+        edited = yaml.safe_load(original)
+        edited["methods"], edited["search"]["max_concurrent"] = ["ssf"], 7
+        source.write_text(yaml.safe_dump(edited))
+        reloaded, _ = load_study_dir(study_dir)
+        assert reloaded.methods == study.methods and reloaded.search.max_concurrent == 2
+        source.unlink()
+        assert load_study_dir(study_dir)[0].cells() == study.cells()
+        assert summarize(study_dir)["cells_done"] == 3
+    finally:
+        source.write_text(original)

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from ..cluster.storage import check_shared_storage
 from ..mlflow_layout import check_tracking_server, default_tracking_uri
-from ..study import Study, StudyError, load_study
+from ..study import Study, StudyError, load_study, portable_mapping
 from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, load_study_dir,
                             trial_folder_name, tune_dir)
 from .scheduler import CellASHA
@@ -102,7 +103,9 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
             study_dir.rmdir()
         raise
     print(f"[peft-search] {nodes} Ray node(s); study folder {study_dir}", file=sys.stderr, flush=True)
-    shutil.copy(study.source, study_dir / STUDY_COPY)
+    # Frozen: includes merged, paths absolute; resume and status read this, never the source,
+    # which may be edited or moved while the study runs.
+    (study_dir / STUDY_COPY).write_text(yaml.safe_dump(portable_mapping(study.source), sort_keys=False))
     (study_dir / SOURCE).write_text(str(study.source))
     (study_dir / TRACKING_URI).write_text(uri)
     tuner = tune.Tuner(
