@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 from ..errors import RunFailed
@@ -85,10 +83,8 @@ def jobs(args: argparse.Namespace) -> int:
 
 def mlflow_server(args: argparse.Namespace) -> int:
     """Replace this process by ``mlflow server`` (so stopping it by pid stops the server)."""
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", args.backend_store_uri,
-            "--artifacts-destination", args.artifacts_destination, "--serve-artifacts",
-            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    from ..mlflow_server import exec_mlflow_server
     print(f"MLflow tracking server at http://{args.host}:{args.port} (store {args.backend_store_uri})",
           flush=True)
-    os.execve(argv[0], argv, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    exec_mlflow_server(args.backend_store_uri, args.host, args.port, args.workers, args.artifacts_destination)
     return 0  # not reached

@@ -18,6 +18,12 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=1000, help="K of the prediction-overlap analysis")
     p.set_defaults(func=report)
 
+    p = sub.add_parser("ui", help="the MLflow UI on a study's runs (its own store, or the URL of its server)")
+    p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=ui)
+
     p = sub.add_parser("import-petl", help="import the study's released tune_output into MLflow")
     p.add_argument("tune_output", type=Path, metavar="TUNE_OUTPUT_DIR")
     p.add_argument("--tracking-uri", required=True)
@@ -55,3 +61,23 @@ def import_petl(args: argparse.Namespace) -> int:
     written = run_import(args.tune_output, args.tracking_uri, args.experiment)
     print(f"imported {len(written)} cells, {sum(written.values())} runs into experiment '{args.experiment}'")
     return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    """A study on a tracking server: print its experiment's URL. A study with its own store
+    (sqlite, file): serve that store here and print the URL to open."""
+    from mlflow.tracking import MlflowClient
+
+    from ..mlflow_server import exec_mlflow_server
+    from ..study_folder import tracking_source
+    uri, experiment = tracking_source(args.study_dir)
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    if found is None:
+        raise ValueError(f"{args.study_dir}: no MLflow experiment '{experiment}' at {uri} yet")
+    page = f"#/experiments/{found.experiment_id}"
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri.rstrip('/')}/{page}  (the study logs to that server; nothing to start)")
+        return 0
+    print(f"MLflow UI on {uri}: open http://{args.host}:{args.port}/{page}  (Ctrl-C stops it)", flush=True)
+    exec_mlflow_server(uri, args.host, args.port, artifacts_destination=str(Path(args.study_dir) / "mlartifacts"))
+    return 0  # not reached

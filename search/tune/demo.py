@@ -44,6 +44,5 @@ def run_demo() -> int:
     print(f"\nmini-VTAB test top-1 (final run of each cell's best config), {time.time() - start:.0f} s:")
     print(comparison_table(study_dir, list(study.datasets), study.methods))
     print(f"\nStudy folder: {study_dir}\n"
-          f"Browse it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
-          f"sqlite:///{study_dir / 'mlflow.db'}   (then open http://127.0.0.1:5000)")
+          f"Browse it in the MLflow UI:  .venv/bin/peft-search ui {study_dir}   (it prints the page to open)")
     return 0
