@@ -135,10 +135,21 @@ class PreAdapter(Wrapper):
 
 
 class SequentialAdapter(Wrapper):
-    """``h + delta(h)`` with ``h = base(x)``: Pfeiffer / Houlsby adapters after a branch."""
+    """``h + delta(h)`` with ``h = tail(base(x))``: Pfeiffer / Houlsby adapters after a branch.
+
+    ``tail`` are modules of the block (its LayerScale and drop-path) that the block applies to
+    this wrapper's output anyway: passing them applies them to the branch output a first time,
+    as the study's code does. They stay the block's children, not this wrapper's.
+    """
+
+    def __init__(self, base: nn.Module, delta: nn.Module, tail: tuple[nn.Module, ...] = ()) -> None:
+        super().__init__(base, delta)
+        self._tail = tail
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         h = self.base(x, **kwargs)
+        for module in self._tail:
+            h = module(h)
         return self.delta.add_to(h, h)
 
 

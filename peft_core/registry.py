@@ -8,6 +8,7 @@ config also declares the study's YAML flags that name it (``method_from_study_ke
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -102,6 +103,9 @@ class MethodConfig:
     # value), and the placement flags it implements (key -> allowed values; None: not given).
     study_switches: ClassVar[dict[str, Any]] = {}
     study_modes: ClassVar[dict[str, tuple]] = {}
+    # How the study's state dict names this method's own tensors, read by ``our_name``: a regular
+    # expression matching a whole study name -> our name (a ``re.Match.expand`` template).
+    study_names: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -119,6 +123,15 @@ class MethodConfig:
                                  f"allowed: {allowed}")
             resolved[key] = value
         return cls(**resolved)
+
+    @classmethod
+    def our_name(cls, study_name: str) -> str:
+        """Our state-dict name of the inserted tensor the study's code saves as ``study_name``
+        (backbone tensors keep timm's names in the study; our wrappers re-home them)."""
+        for pattern, ours in cls.study_names.items():
+            if match := re.fullmatch(pattern, study_name):
+                return match.expand(ours)
+        return study_name
 
     def attach(self, model: VisionTransformer) -> None:  # pragma: no cover - abstract
         raise NotImplementedError(f"method '{self.name}' has no attach")

@@ -64,6 +64,8 @@ class DiffFit(MethodConfig):
     identity_at_init = True
     changes_weights = True
     study_switches = {"difffit": ON}
+    study_names = {r"blocks\.(\d+)\.difffit_gamma1": r"blocks.\1.attn.proj.delta.scale",
+                   r"blocks\.(\d+)\.difffit_gamma2": r"blocks.\1.mlp.fc2.delta.scale"}
 
     def attach(self, model) -> None:
         train_biases(model)

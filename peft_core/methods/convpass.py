@@ -60,6 +60,8 @@ class ConvPass(Scalable):
     study_switches = {"ft_attn_module": "convpass", "ft_mlp_module": "convpass"}
     study_modes = {"ft_attn_mode": ("parallel", None), "ft_mlp_mode": ("parallel", None),
                    "ft_attn_ln": ("after", None), "ft_mlp_ln": ("after", None)}
+    study_names = {r"blocks\.(\d+)\.ft_(attn|mlp)_module\.adapter_(down|conv|up)\.(\w+)":
+                   r"blocks.\1.\2.delta.\3.\4"}
     convpass_bottleneck: int = hp(8, "bottleneck width r", grid=[8, 16], low=1)
     convpass_scaler: float = hp(1.0, "output scale s", grid=[0.01, 0.1, 1.0, 10.0, 100.0], low=0.0)
     convpass_xavier_init: bool = hp(False, "xavier conv init instead of identity", grid=[True, False])

@@ -19,7 +19,12 @@ from ..registry import Scalable, hp, register_method
 
 # Slots of the 12 cores per block (FacT-TK's P columns): q, k, v, proj, fc1 x4, fc2 x4.
 _SLOTS = {"qkv": slice(0, 3), "proj": slice(3, 4), "fc1": slice(4, 8), "fc2": slice(8, 12)}
+# FacT-TT's cores of each frozen linear, as the study's nn.Linear's: (out, in) in units of d.
+_TT_CORES = {"qkv": ((1, 1),) * 3, "proj": ((1, 1),), "fc1": ((4, 1),), "fc2": ((1, 4),)}
 _SCALERS = [0.01, 0.1, 1.0, 10.0, 100.0]
+# The study saves its one FacT module under the first name that holds it.
+_STUDY_FACT = r"blocks\.\d+\.(?:attn|mlp)\.fact\."
+_STUDY_TT_BLOCK = _STUDY_FACT + r"per_block_para\.(\d+)\."  # q, k, v, proj in attn; fc1, fc2 in mlp
 
 
 class FactFactors(InsertedModule):
@@ -36,36 +41,45 @@ class FactFactors(InsertedModule):
             nn.init.xavier_uniform_(self.core)
             nn.init.xavier_uniform_(self.factor)
 
-    def tk_cores(self, block: int, slots: slice) -> torch.Tensor:
-        """(n, d, d) cores C . P[:, 12*block + j] for j in ``slots``."""
+    def tk_core(self, block: int, kind: str) -> torch.Tensor:
+        """The Linear-layout core of ``kind`` in ``block``, laid out as the study's code lays it.
+
+        T[a, b, j] = sum_k C[a, b, k] P[k, 12*block + j]. The study multiplies U(x) by T[:, :, j]
+        from the right (a is the input index), reads fc1's 4d outputs interleaved (output b*4 + j
+        is T[:, b, 4 + j]), and takes fc2's 4d inputs interleaved the same way with a the output.
+        """
+        slots = _SLOTS[kind]
         cols = self.factor[:, 12 * block + slots.start: 12 * block + slots.stop]
-        return torch.einsum("oik,kn->noi", self.core, cols)
+        t = torch.einsum("abk,kj->abj", self.core, cols)
+        d = t.shape[0]
+        if kind == "fc1":
+            return t.permute(1, 2, 0).reshape(4 * d, d)
+        if kind == "fc2":
+            return t.reshape(d, 4 * d)
+        return t.permute(2, 1, 0).reshape(-1, d)  # q, k, v or proj: T[:, :, j] transposed, stacked
 
 
 class FactDelta(LowRankBranch):
     """The FacT update of one frozen linear (``kind`` in qkv, proj, fc1, fc2) of one block."""
 
     def __init__(self, factors: FactFactors, kind: str, block: int, scale: float,
-                 own_core: bool, dropout: float = 0.1) -> None:
+                 own_cores: bool, dropout: float = 0.1) -> None:
         super().__init__()
         self._factors = (factors,)  # shared, registered once on the model: not a child here
         self.kind, self.block, self.scale = kind, block, scale
         self.dropout = nn.Dropout(dropout)
-        if own_core:  # FacT-TT: this matrix's cores, Linear-initialised
+        self.cores = nn.ParameterList()
+        if own_cores:  # FacT-TT: this matrix's cores, Linear-initialised
             d = factors.u.out_features
-            n = _SLOTS[kind].stop - _SLOTS[kind].start
-            shape = (d, n * d) if kind == "fc2" else (n * d, d)
-            self.core = nn.Parameter(torch.empty(shape))
-            nn.init.kaiming_uniform_(self.core, a=math.sqrt(5))
-        else:
-            self.core = None
+            for n_out, n_in in _TT_CORES[kind]:
+                self.cores.append(nn.Parameter(torch.empty(n_out * d, n_in * d)))
+                nn.init.kaiming_uniform_(self.cores[-1], a=math.sqrt(5))
 
     def _core(self) -> torch.Tensor:
         """The core in Linear layout: (n*d, d) for qkv/proj/fc1, (d, 4d) for fc2."""
-        if self.core is not None:
-            return self.core
-        cores = self._factors[0].tk_cores(self.block, _SLOTS[self.kind])
-        return torch.cat(list(cores), dim=1 if self.kind == "fc2" else 0)
+        if len(self.cores) == 0:
+            return self._factors[0].tk_core(self.block, self.kind)
+        return torch.cat(list(self.cores))
 
     @property
     def up(self) -> nn.Linear:
@@ -110,6 +124,11 @@ class FactTT(_Fact):
     name = "fact_tt"
     trains = "shared U, V and per-block cores for q, k, v, proj, fc1, fc2 (tensor-train)"
     study_switches = {"fact_type": "tt"}
+    study_names = {_STUDY_FACT + r"FacT([uv])\.weight": r"fact.\1.weight",
+                   _STUDY_TT_BLOCK + r"attn\.([012])\.weight": r"blocks.\1.attn.qkv.delta.cores.\2",
+                   _STUDY_TT_BLOCK + r"attn\.3\.weight": r"blocks.\1.attn.proj.delta.cores.0",
+                   _STUDY_TT_BLOCK + r"mlp\.0\.weight": r"blocks.\1.mlp.fc1.delta.cores.0",
+                   _STUDY_TT_BLOCK + r"mlp\.1\.weight": r"blocks.\1.mlp.fc2.delta.cores.0"}
 
 
 @register_method
@@ -119,4 +138,6 @@ class FactTK(_Fact):
     trains = "shared U, V, a d x d x d core tensor and a d x 12L factor (Tucker)"
     tensor_cores = True
     study_switches = {"fact_type": "tk"}
+    study_names = {_STUDY_FACT + r"FacT([uv])\.weight": r"fact.\1.weight",
+                   _STUDY_FACT + r"FacTc": "fact.core", _STUDY_FACT + r"FacTp": "fact.factor"}
     fact_dim: int = hp(16, "factor rank d", grid=[16, 32, 64], low=1)

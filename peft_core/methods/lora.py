@@ -34,6 +34,8 @@ class LoRA(Scalable):
     aliases = {"rank": "lora_bottleneck"}
     identity_at_init = True
     study_switches = {"lora_bottleneck": ON}  # the study's default file sets it to 0: off
+    study_names = {r"blocks\.(\d+)\.attn\.lora\.lora_a\.weight": r"blocks.\1.attn.qkv.delta.down.weight",
+                   r"blocks\.(\d+)\.attn\.lora\.lora_b\.weight": r"blocks.\1.attn.qkv.delta.up.weight"}
     lora_bottleneck: int = hp(8, "rank r", grid=[1, 8, 16, 32], low=1)
 
     def attach(self, model) -> None:

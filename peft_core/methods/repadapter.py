@@ -41,6 +41,11 @@ class RepAdapter(Scalable):
     study_switches = {"ft_attn_module": "repadapter", "ft_mlp_module": "repadapter"}
     study_modes = {"ft_attn_mode": ("sequential_before", None),
                    "ft_mlp_mode": ("sequential_before", None)}
+    # The study's ft_attn_module sits before qkv, its ft_mlp_module before fc1.
+    study_names = {r"blocks\.(\d+)\.ft_attn_module\.conv_A\.(\w+)": r"blocks.\1.attn.qkv.delta.down.\2",
+                   r"blocks\.(\d+)\.ft_mlp_module\.conv_A\.(\w+)": r"blocks.\1.mlp.fc1.delta.down.\2",
+                   r"blocks\.(\d+)\.ft_attn_module\.conv_B\.(\w+)": r"blocks.\1.attn.qkv.delta.up_\2",
+                   r"blocks\.(\d+)\.ft_mlp_module\.conv_B\.(\w+)": r"blocks.\1.mlp.fc1.delta.up_\2"}
     repadapter_bottleneck: int = hp(8, "bottleneck width r", grid=[8, 16, 32], low=1)
     repadapter_scaler: float = hp(1.0, "output scale s", grid=[0.1, 0.5, 1.0, 5.0, 10.0], low=0.0)
     repadapter_group: int = hp(2, "groups of the up projection", low=1)

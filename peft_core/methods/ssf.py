@@ -17,6 +17,15 @@ class SSF(MethodConfig):
     name = "ssf"
     trains = "scale and shift after patch embed, norm1, qkv, proj, norm2, fc1, fc2, final norm"
     study_switches = {"ssf": ON}
+    # The study's scale/shift pairs, named by where they sit, and the module they follow here.
+    study_names = {r"patch_embed\.ssf_(scale|shift)_1": r"patch_embed.proj.delta.\1",
+                   r"blocks\.(\d+)\.ssf_(scale|shift)_1": r"blocks.\1.norm1.delta.\2",
+                   r"blocks\.(\d+)\.attn\.ssf_(scale|shift)_qkv": r"blocks.\1.attn.qkv.delta.\2",
+                   r"blocks\.(\d+)\.attn\.ssf_(scale|shift)_linear": r"blocks.\1.attn.proj.delta.\2",
+                   r"blocks\.(\d+)\.ssf_(scale|shift)_2": r"blocks.\1.norm2.delta.\2",
+                   r"blocks\.(\d+)\.mlp\.ssf_(scale|shift)_hidden": r"blocks.\1.mlp.fc1.delta.\2",
+                   r"blocks\.(\d+)\.mlp\.ssf_(scale|shift)_out": r"blocks.\1.mlp.fc2.delta.\2",
+                   r"ssf_(scale|shift)": r"norm.delta.\1"}
 
     def attach(self, model) -> None:
         dim = model.embed_dim

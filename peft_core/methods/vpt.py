@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ _NOT_LINEAR = "prompt tokens change the sequence the attention sees; they do not
 # What is implemented of the study's prompt flags: prompts from block 0 on (its vpt_layer would
 # keep only the last k blocks) and PromptTokens' dropout of 0.1.
 _STUDY_MODES = {"vpt_layer": (None,), "vpt_dropout": (0.1, None)}
+# The study keeps every prompted block's tokens in one (blocks, tokens, D) tensor, as we do.
+_STUDY_NAMES = {r"vpt\.prompt_embeddings": "blocks.0.vpt_prompts.tokens"}
 
 
 def prompt_init_bound(model) -> float:
@@ -28,24 +31,23 @@ def prompt_init_bound(model) -> float:
 
 
 class PromptTokens(InsertedModule):
-    """``num`` learnable tokens; its hooks prepend them to (or swap them into) a block's input."""
+    """``num`` learnable tokens for each of the first ``layers`` blocks; its hooks prepend a
+    block's tokens to its input (swapping out the previous block's) and strip them at the end."""
 
-    def __init__(self, num: int, dim: int, bound: float, replace_previous: bool,
-                 dropout: float = 0.1) -> None:
+    def __init__(self, layers: int, num: int, dim: int, bound: float, dropout: float = 0.1) -> None:
         super().__init__()
-        self.tokens = nn.Parameter(torch.empty(num, dim).uniform_(-bound, bound))
+        self.tokens = nn.Parameter(torch.empty(layers, num, dim).uniform_(-bound, bound))
         self.dropout = nn.Dropout(dropout)
-        self.replace_previous = replace_previous
 
     @property
     def num(self) -> int:
-        return self.tokens.shape[0]
+        return self.tokens.shape[1]
 
-    def prepend(self, block: nn.Module, args: tuple) -> tuple:
+    def prepend(self, layer: int, block: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        if self.replace_previous:
+        if layer > 0:  # the previous block's prompt outputs
             x = x[:, self.num:]
-        prompts = self.dropout(self.tokens).to(x.dtype).expand(x.shape[0], -1, -1)
+        prompts = self.dropout(self.tokens[layer]).to(x.dtype).expand(x.shape[0], -1, -1)
         return (torch.cat([prompts, x], dim=1),) + args[1:]
 
     def strip(self, block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -53,16 +55,13 @@ class PromptTokens(InsertedModule):
 
 
 def _attach_prompts(model, num: int, deep: bool, keep: bool) -> None:
-    bound = prompt_init_bound(model)
-    first = None
-    for i, block in enumerate(model.blocks):
-        if i > 0 and not deep:
-            break
-        block.vpt_prompts = PromptTokens(num, model.embed_dim, bound, replace_previous=i > 0)
-        block.register_forward_pre_hook(block.vpt_prompts.prepend)
-        first = first or block.vpt_prompts
+    layers = len(model.blocks) if deep else 1
+    prompts = PromptTokens(layers, num, model.embed_dim, prompt_init_bound(model))
+    model.blocks[0].vpt_prompts = prompts  # block 0 owns every block's tokens
+    for layer in range(layers):
+        model.blocks[layer].register_forward_pre_hook(partial(prompts.prepend, layer))
     last = model.blocks[-1] if (deep or keep) else model.blocks[0]
-    last.register_forward_hook(first.strip)
+    last.register_forward_hook(prompts.strip)
 
 
 @register_method
@@ -74,6 +73,7 @@ class VPTShallow(MethodConfig):
     cannot_merge = _NOT_LINEAR
     study_switches = {"vpt_mode": "shallow"}
     study_modes = _STUDY_MODES
+    study_names = _STUDY_NAMES
     vpt_num: int = hp(10, "number of prompt tokens", grid=[5, 10, 50, 100, 200], low=1)
     vpt_original: bool = hp(False, "keep the prompts through all blocks (VPT paper) instead of "
                                    "dropping them after block 0 (the study's code)")
@@ -91,6 +91,7 @@ class VPTDeep(MethodConfig):
     cannot_merge = _NOT_LINEAR
     study_switches = {"vpt_mode": "deep"}
     study_modes = _STUDY_MODES
+    study_names = _STUDY_NAMES
     vpt_num: int = hp(10, "prompt tokens per block", grid=[5, 10, 50, 100], low=1)
 
     def attach(self, model) -> None:
