@@ -8,15 +8,20 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install demo test bench clean fashion-mnist
+.PHONY: install demo test bench clean fashion-mnist postgresql
 
-install: $(STAMP) fashion-mnist
+install: $(STAMP) fashion-mnist postgresql
 
 # Fashion-MNIST (real data, offline) comes from Debian's dataset-fashion-mnist package; the tests
 # need it, so a failed install stops make here, loudly.
 fashion-mnist:
 	@test -f $(FASHION) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
 	  || { echo "make: cannot install the Debian package dataset-fashion-mnist (needed by the tests and the demo)" >&2; exit 1; }
+
+# A real PostgreSQL server for tests/test_postgres.py (the test starts it on a temporary folder).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	  || { echo "make: cannot install the Debian package postgresql (needed by the tests)" >&2; exit 1; }
 
 # Re-installs only when the project's declared dependencies change.
 $(STAMP): pyproject.toml

@@ -25,7 +25,7 @@ import yaml
 from peft_core.data.minivtab import build_minivtab
 from search.cluster import jobs as cluster
 from search.cluster.local import LocalCluster
-from search.study_folder import SEARCH_STATE, read_json
+from search.study_folder import read_trials
 
 
 def write_study(folder: Path, data: Path, trials: int, epochs: int) -> Path:
@@ -51,7 +51,7 @@ def measure(data: Path, trials: int, epochs: int) -> dict:
         ended = time.time()
         if final != "SUCCEEDED":
             raise SystemExit(f"job {job_id} ended {final}")
-        records = list(read_json(Path(study_dir) / SEARCH_STATE)["trials"].values())
+        records = list(read_trials(study_dir).values())
     first = min(r["started_at"] for r in records)
     last = max(r["ended_at"] for r in records)
     inside = sum(r["seconds"] for r in records)

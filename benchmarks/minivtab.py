@@ -26,7 +26,7 @@ def run(task: str, method: str, data: Path, epochs: int, lr: float, phase: str) 
     scratch = method == "scratch"
     config = TrainConfig(method="full" if scratch else method, pretrained=not scratch, data=task,
                          data_path=str(data), phase=phase, epoch=epochs,
-                         warmup_epoch=max(1, epochs // 10), lr=lr, wd=1e-4)
+                         warmup_epoch=min(epochs - 1, max(1, epochs // 10)), lr=lr, wd=1e-4)
     return train(config).metrics[f"{'val' if phase == 'tune' else 'test'}_top1"]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import timm
 import timm.models.vision_transformer as vit_module
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
 from timm.models.vision_transformer import VisionTransformer
 
@@ -96,13 +96,46 @@ def build_backbone(name: str, num_classes: int, checkpoint: str | Path | None = 
     return model
 
 
-def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> None:
-    """Load a local weights file into ``model`` through timm's own key conversion."""
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise ValueError(f"checkpoint file not found: {path}")
     if path.suffix not in _CHECKPOINT_SUFFIXES:
         raise ValueError(f"checkpoint {path}: unsupported format '{path.suffix}'; "
                          f"allowed: {', '.join(_CHECKPOINT_SUFFIXES)}")
+
+
+def _does_not_fit(path: Path, name: str, err: Exception) -> ValueError:
+    # torch's "Error(s) in loading state_dict for ...:" heads the line that says what is wrong
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(err).__name__)
+    return ValueError(f"checkpoint {path} does not fit backbone '{name}': {detail}")
+
+
+_LOAD_ERRORS = (RuntimeError, KeyError, ValueError, OSError, SafetensorError)
+
+
+def check_checkpoint(name: str, path: str | Path, header: bool = True) -> None:
+    """Fail before any training when a weights file is missing, of an unknown format, or (a
+    safetensors file, with ``header``) does not fit backbone ``name``: its header's tensor names
+    and shapes go through the same conversion and strict load as ``load_checkpoint``, into the
+    backbone built on the meta device, so no tensor is read and no memory is used."""
+    path = Path(path)
+    _check_file(path)
+    if not header or path.suffix != ".safetensors":
+        return  # other formats can only be checked by reading them whole
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+        with torch.device("meta"):
+            model = build_backbone(name, num_classes=2)
+            load_state(model, {key: torch.empty(shape) for key, shape in shapes.items()})
+    except _LOAD_ERRORS as err:
+        raise _does_not_fit(path, name, err) from None
+
+
+def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> None:
+    """Load a local weights file into ``model`` through timm's own key conversion."""
+    _check_file(path)
     try:
         if path.suffix == ".npz":  # big_vision / original ViT release: timm reads it itself
             vit_module._load_weights(model, str(path))
@@ -115,9 +148,8 @@ def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> Non
                 if isinstance(state, dict) and isinstance(state.get(key), dict):
                     state = state[key]
         load_state(model, state)
-    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"checkpoint {path} does not fit backbone '{name}': {first}") from None
+    except _LOAD_ERRORS as err:
+        raise _does_not_fit(path, name, err) from None
 
 
 def load_state(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:

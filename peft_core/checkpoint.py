@@ -87,13 +87,6 @@ def _is_json(value) -> bool:
         return False
 
 
-def read_progress(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(folder) / META).read_text())["progress"]
-    except (OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
-
-
 def load(folder: Path, model, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore a checkpoint written by ``save``; returns its ``progress`` and ``best`` tensors.
 

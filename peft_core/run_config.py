@@ -47,8 +47,8 @@ def resolve(values: dict[str, Any], source: str) -> TrainConfig:
         else:
             allowed = ", ".join(sorted(train_keys | hp_keys))
             raise ValueError(f"{source}: unknown key '{key}'; allowed: {allowed}")
-    method_cls.from_hp(**hp)  # validate now: errors name the key before any work starts
-    try:
+    try:  # validate now: errors name the file(s) and the key before any work starts
+        method_cls.from_hp(**hp)
         return TrainConfig(method=method, hp=hp, **kwargs)
     except ValueError as err:  # name the file(s), not "train config"
         raise ValueError(f"{source}: {str(err).removeprefix('train config: ')}") from None

@@ -21,23 +21,24 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from timm.scheduler import CosineLRScheduler
 
 from . import checkpoint as ckpt
 from .api import apply, count_inserted
-from .backbones import build_backbone, get_backbone
+from .backbones import build_backbone, check_checkpoint, get_backbone
 from .clip import build_clip_classifier
 from .data import DataSpec, build_datasets, build_transforms
-from .data.loaders import TRANSFORMS
+from .data.loaders import FORMATS, TRANSFORMS, check_dataset
 from .evaluation import evaluate, save_predictions
 from .features import FeatureCache, cacheable
-from .typed import StrictModel, one_line
+from .registry import get_method
+from .typed import KeyedError, StrictModel, one_line
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -46,9 +47,34 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite: the trial failed."""
 
 
+def registered(lookup: Callable[[str], Any]) -> Callable[[str], str]:
+    """A field validator: the name must be known to ``lookup`` (a registry's getter)."""
+    def check(name: str) -> str:
+        lookup(name)  # raises a one-line ValueError naming the allowed names
+        return name
+    return check
+
+
+def _device_name(value: str) -> str:
+    if value != "auto":
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"unknown device '{value}'; use auto, cpu, cuda or cuda:N") from None
+    return value
+
+
+MethodName = Annotated[str, AfterValidator(registered(get_method))]
+BackboneName = Annotated[str, AfterValidator(registered(get_backbone))]
+# numpy's seeding takes 0 <= seed < 2**32: a seed outside would fail the run, not the config
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
 class TrainSettings(StrictModel):
     """The training settings a study sets once for all its runs (its ``train:`` section). Keys
-    follow the study's config files."""
+    follow the study's config files. Every float is finite: a NaN lr is a typo, not a trial."""
+
+    model_config = ConfigDict(**StrictModel.model_config, allow_inf_nan=False)
 
     pretrained: bool = True  # False: random init (tests, training from scratch)
     normalize: bool = False
@@ -57,10 +83,10 @@ class TrainSettings(StrictModel):
     templates: str = "openai"  # the text head's prompt templates: "openai" (CLIP's 80) or a file
     epoch: int = Field(100, ge=1)
     warmup_epoch: int = Field(10, ge=0)
-    lr: float = 1e-3
-    wd: float = 1e-4
-    warmup_lr_init: float = 1e-6
-    lr_min: float = 1e-5
+    lr: float = Field(1e-3, gt=0)
+    wd: float = Field(1e-4, ge=0)
+    warmup_lr_init: float = Field(1e-6, ge=0)
+    lr_min: float = Field(1e-5, ge=0)
     batch_size: int = Field(64, ge=1)
     test_batch_size: int = Field(512, ge=1)
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
@@ -70,25 +96,33 @@ class TrainSettings(StrictModel):
     save_predictions: bool = False  # final: keep test logits + labels (predictions_test.npz by the checkpoint)
     feature_cache: bool | None = None  # None: on for linear probing
     preload: bool | None = None  # keep decoded images in memory; None: when under 1 GiB
-    device: str = "auto"
+    device: Annotated[str, AfterValidator(_device_name)] = "auto"
     bf16: bool = False
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_inside_the_run(self) -> "TrainSettings":
+        # A run that never leaves the warm-up never trains at its lr: the lr searched is not the one used.
+        if self.warmup_epoch >= self.epoch:
+            raise KeyedError("warmup_epoch", f"must be below epoch ({self.epoch}), got {self.warmup_epoch}",
+                             relative=True)
+        return self
 
 
 class TrainConfig(TrainSettings):
     """One run, complete and self-describing: the settings plus what a cell and a trial decide."""
 
-    method: str = "linear"
+    method: MethodName = "linear"
     hp: dict[str, Any] = {}  # the method's hyper-parameters
-    backbone: str = "fmnist_vit_tiny"
+    backbone: BackboneName = "fmnist_vit_tiny"
     checkpoint: str | None = None  # local weights file; None: the backbone's shipped weights
     data: str = "digits"  # task; the study's "processed_vtab-<task>" is accepted
     data_path: str = ""
-    data_format: str = "vtab"
-    num_classes: int | None = None
+    data_format: Literal[FORMATS] = "vtab"
+    num_classes: int | None = Field(None, ge=2)
     phase: Literal["tune", "final"] = "tune"  # tune: train800 -> val200; final: train800val200 -> test
-    seed: int = 42
-    eval_epochs: list[int] = []  # extra epochs to evaluate (ASHA rungs)
+    seed: Seed = 42
+    eval_epochs: list[Annotated[int, Field(ge=1)]] = []  # extra epochs to evaluate (ASHA rungs)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -152,20 +186,36 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def weights_file(backbone: str, checkpoint: str | None, pretrained: bool) -> Path | None:
+    """The weights a run loads: ``checkpoint``, else the backbone's shipped file; None when not
+    ``pretrained``."""
+    if not pretrained:
+        return None
+    if checkpoint is not None:
+        return Path(checkpoint)
+    default = get_backbone(backbone).default_checkpoint
+    if default is None:
+        raise ValueError(f"backbone '{backbone}' ships no weights; set checkpoint: PATH or pretrained: false")
+    return default
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """What a run reads, checked before it trains (one-line ValueError): the data's folders,
+    split lists and labels (no image opened), and the weights file's header against the backbone."""
+    check_dataset(DataSpec(config.data, Path(config.data_path), config.data_format, config.num_classes))
+    weights = weights_file(config.backbone, config.checkpoint, config.pretrained)
+    if weights is not None:
+        # with class_names the file is open_clip's (text tower too), not the backbone's layout
+        check_checkpoint(config.backbone, weights, header=config.class_names is None)
+
+
 def build_model(config: TrainConfig, num_classes: int, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The backbone with its weights and the method attached (seeded: repeatable init).
 
     With ``class_names``: the CLIP tower with its zero-shot text head (``checkpoint``: the
     open_clip file); ``device`` encodes the prompts the first time (then they are cached).
     """
-    spec = get_backbone(config.backbone)
-    weights = config.checkpoint
-    if config.pretrained and weights is None:
-        if spec.default_checkpoint is None:
-            raise ValueError(f"backbone '{config.backbone}' ships no weights; set checkpoint: PATH "
-                             f"or pretrained: false")
-        weights = spec.default_checkpoint
-    weights = weights if config.pretrained else None
+    weights = weights_file(config.backbone, config.checkpoint, config.pretrained)
     if config.class_names is None:
         model = build_backbone(config.backbone, num_classes, weights, drop_path_rate=config.drop_path_rate)
     else:
@@ -294,8 +344,6 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
         if report is not None:
             report(metrics, None)
         return TrainResult("completed", metrics, [metrics], 0, time.time() - start, model)
-    if not math.isfinite(config.lr):  # AdamW refuses it; a trial with it fails, clearly
-        raise TrainingDiverged(f"learning rate is {config.lr} at epoch {state_epoch(resume_from) + 1}")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.wd)
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epoch, lr_min=config.lr_min,
                                   warmup_t=config.warmup_epoch, warmup_lr_init=config.warmup_lr_init)
@@ -353,13 +401,6 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     selected = state["best_epoch"] if config.selects_on_val else state["epoch"]
     return TrainResult(status, state["history"][-1] if state["history"] else {}, state["history"],
                        inserted, time.time() - start, model, selected)
-
-
-def state_epoch(resume_from: Path | None) -> int:
-    """Epochs already trained according to a checkpoint folder (0 without one)."""
-    if resume_from is None:
-        return 0
-    return ckpt.read_progress(Path(resume_from)).get("epoch", 0)
 
 
 def _train_epoch(model, batches, optimizer, device, autocast, epoch: int, lr: float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -39,6 +40,17 @@ def register(sub) -> None:
 
     p = sub.add_parser("schema", help="the study file's JSON schema (for an editor's YAML language server)")
     p.set_defaults(func=schema)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, before any work and without creating anything, a folder that could not be
+    written: the nearest part of its path that exists must be a writable folder."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder}: {existing} is not writable")
 
 
 def _format_grid(grid: dict) -> str:
@@ -91,10 +103,16 @@ def params(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     from peft_core.checkpoint import save_adapter
     from peft_core.run_config import load_train_config
-    from peft_core.train import TrainingDiverged, train as train_run
+    from peft_core.train import TrainingDiverged, check_inputs, train as train_run
     config = load_train_config(args.config, args.set)
-    if args.out is not None and (args.out / "adapter.safetensors").exists():
-        raise ValueError(f"{args.out} already holds a run; choose another --out")
+    if args.out is not None:
+        if (args.out / "adapter.safetensors").exists():
+            raise ValueError(f"{args.out} already holds a run; choose another --out")
+        check_writable(args.out, "--out")
+    try:
+        check_inputs(config)
+    except ValueError as err:  # name the config file(s), as a config error does
+        raise ValueError(f"{' + '.join(map(str, args.config))}: {err}") from None
     try:
         result = train_run(config, progress=True)
     except TrainingDiverged as err:

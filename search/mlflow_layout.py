@@ -18,6 +18,9 @@ PARENT = "mlflow.parentRunId"
 # Values of the ``phase`` tag.
 PHASE_CELL, PHASE_TUNE, PHASE_FINAL = "cell", "tune", "final"
 PHASES = (PHASE_CELL, PHASE_TUNE, PHASE_FINAL)
+# MLflow 3 keeps an experiment's kind in this tag; model training makes the UI open on its runs
+# (not on the GenAI traces overview).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -41,6 +44,8 @@ def get_experiment_id(client, name: str, artifact_root: Path | None) -> str:
     """The id of experiment ``name`` on ``client`` (an ``MlflowClient``), created when absent."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return experiment.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})

@@ -7,6 +7,8 @@ it names. Every error is one line naming the file and the key
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -14,17 +16,19 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, PlainValidator, PrivateAttr,
                       ValidationError, ValidationInfo, model_validator)
 
-from peft_core.backbones import get_backbone
-from peft_core.data.loaders import FORMATS
+from peft_core.backbones import check_checkpoint
+from peft_core.data.loaders import FORMATS, DataSpec, check_dataset
 from peft_core.registry import get_method
-from peft_core.train import TrainConfig, TrainSettings
-from peft_core.typed import KeyedError, StrictModel, one_line
+from peft_core.train import BackboneName, MethodName, Seed, TrainConfig, TrainSettings, weights_file
+from peft_core.typed import KeyedError, StrictModel, message_of, one_line
 from peft_core.yaml_files import read_yaml
 
 from .space import Dimension, grid_points, parse_dimension, to_yaml
 
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
 TRAIN_KEYS = set(TrainSettings.model_fields)  # what a study's train: and spaces: may set
+# What a tuning trial reports (peft_core/train.py) that the search can maximize.
+SELECTION_METRICS = ("val_top1", "val_top5")
 
 
 class StudyError(ValueError):
@@ -46,18 +50,6 @@ class Cell:
         return cls(dataset, method)
 
 
-# -- field types whose validators call the registries ----------------------------------------
-def _registered(lookup):
-    def check(name: str) -> str:
-        lookup(name)  # raises a one-line ValueError naming the allowed names
-        return name
-    return check
-
-
-MethodName = Annotated[str, AfterValidator(_registered(get_method))]
-BackboneName = Annotated[str, AfterValidator(_registered(get_backbone))]
-
-
 def _sampler(value: Any) -> Any:
     if isinstance(value, str) and value not in SAMPLERS:
         raise ValueError(f"unknown sampler '{value}'; allowed: {', '.join(SAMPLERS)}")
@@ -71,6 +63,19 @@ def _num_samples(value: Any) -> Any:
         raise ValueError(f"num_samples={value!r}: expected int >= 1 or 'grid'")
     if value < 1:
         raise ValueError(f"num_samples={value!r} is invalid; allowed: >= 1 or 'grid'")
+    return value
+
+
+def _metric(value: str) -> str:
+    allowed = ", ".join(SELECTION_METRICS)
+    if value.startswith("test_"):
+        raise ValueError(f"'{value}': the test set never selects anything (final runs test once, at the "
+                         f"end); allowed: {allowed}")
+    if value == "val_loss":
+        raise ValueError(f"'{value}': the search maximizes its metric, so a loss would pick the worst "
+                         f"trial; allowed: {allowed}")
+    if value not in SELECTION_METRICS:
+        raise ValueError(f"'{value}' is not a validation metric trials report; allowed: {allowed}")
     return value
 
 
@@ -107,21 +112,25 @@ class Asha(StrictModel):
     max_t: int | None = Field(None, ge=1, description="last epoch ASHA counts (default: train.epoch)")
 
 
+NumSamples = Annotated[Union[Annotated[int, Field(ge=1)], Literal["grid"]], BeforeValidator(_num_samples)]
+
+
 class Search(StrictModel):
     sampler: Annotated[Literal[SAMPLERS], BeforeValidator(_sampler)] = "tpe"
-    num_samples: Annotated[Union[Annotated[int, Field(ge=1)], Literal["grid"]],
-                           BeforeValidator(_num_samples)] = 8
-    metric: str = "val_top1"
+    num_samples: NumSamples = 8
+    num_samples_by_method: dict[MethodName, NumSamples] = Field(
+        default_factory=dict, description="a method's own num_samples (e.g. grid for a method with a small grid)")
+    metric: Annotated[str, AfterValidator(_metric)] = "val_top1"
     asha: Annotated[Asha | None, BeforeValidator(lambda v: None if v is False else v)] = None
     max_concurrent: int = Field(2, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     warm_start: bool = False
     max_failures: int = Field(2, ge=0, description="retries of a trial whose node died (from its checkpoint)")
     reuse_actors: bool = Field(True, description="a finished trial's process takes the next trial")
 
 
 class Final(StrictModel):
-    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [42], min_length=1)
 
 
 class Resources(StrictModel):
@@ -209,6 +218,7 @@ class Study(StrictModel):
                 raise KeyedError(f"datasets.{name}", "no data_path and no data_root")
             settings.data_path = absolute(path)
         self._check_spaces()
+        self._check_budget()
         self._check_asha()
         if context.get("check_data", True):
             self._check_files()
@@ -226,19 +236,46 @@ class Study(StrictModel):
                                      f"{', '.join(sorted(hp_keys | TRAIN_KEYS))}")
                 if grid and not dim.categorical:
                     raise KeyedError(where, f"grid search needs grid/choice values, got {dim.kind}")
-                if key in TRAIN_KEYS:
-                    values = dim.values if dim.categorical else dim.values[:1]
-                    for value in values:
-                        try:
-                            TrainSettings(**{key: value})
-                        except ValidationError as err:
-                            raise KeyedError(where, one_line(err, TrainSettings)) from None
-                else:
+                if key not in TRAIN_KEYS:
                     for value in dim.values if dim.categorical else dim.values[:1]:
                         try:
                             cls.from_hp(**{key: value})
                         except ValueError as err:
                             raise KeyedError(where, str(err)) from None
+            self._check_train_values(method, space)
+
+    def _check_train_values(self, method: str, space: dict[str, Dimension]) -> None:
+        """Every training setting a trial of ``method`` can get: each combination of the space's
+        training values (grid values, range bounds) over the study's ``train:`` settings, so that
+        e.g. ``epoch: {grid: [5]}`` under ``train.warmup_epoch: 10`` fails here, not in a trial."""
+        dims = {key: dim for key, dim in space.items() if key in TRAIN_KEYS}
+        # a float range samples floats: an int setting (epoch) must be refused as the trial would
+        candidates = [dim.values if dim.kind in ("grid", "choice", "int") else tuple(map(float, dim.values))
+                      for dim in dims.values()]
+        settings = self.train.model_dump()
+        for values in itertools.product(*candidates):
+            try:
+                TrainSettings(**{**settings, **dict(zip(dims, values))})
+            except ValidationError as err:
+                key, message = message_of(err.errors()[0], TrainSettings)
+                # a train: setting that a space value contradicts is named after the space's key
+                name = key if key in dims else next(iter(dims))
+                raise KeyedError(f"spaces.{method}.{name}", message if key == name else f"{key}: {message}") from None
+
+    def _check_budget(self) -> None:
+        """``num_samples`` above a finite space's size would spend trials repeating its points."""
+        if self.search.sampler == "grid":
+            return
+        for method in self.methods:
+            samples, key = self.num_samples(method)
+            space = self.space(method)
+            if samples == "grid" or not space or not all(dim.categorical for dim in space.values()):
+                continue
+            size = math.prod(len(dim.values) for dim in space.values())
+            if samples > size:
+                raise KeyedError(key, f"{samples} is more than the {size} points of spaces.{method} (all "
+                                 f"grid/choice): trials would repeat points; use num_samples: grid, or "
+                                 f"search.num_samples_by_method: {{{method}: grid}}")
 
     def _check_asha(self) -> None:
         asha = self.search.asha
@@ -255,8 +292,14 @@ class Study(StrictModel):
                              "have barely trained")
 
     def _check_files(self) -> None:
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise KeyedError("checkpoint", f"file not found: {self.checkpoint}")
+        """The weights file (its header against the backbone) and every dataset's folders, split
+        lists and labels, read without opening an image or a tensor."""
+        try:
+            weights = weights_file(self.backbone, self.checkpoint, self.train.pretrained)
+            if weights is not None:  # with class_names the file is open_clip's, not the backbone's layout
+                check_checkpoint(self.backbone, weights, header=self.train.class_names is None)
+        except ValueError as err:
+            raise KeyedError("checkpoint", str(err)) from None
         for name, settings in self.datasets.items():
             if not Path(settings.data_path).is_dir():
                 key = f"datasets.{name}.data_path" if name in self._own_data_path else "data_root"
@@ -264,6 +307,10 @@ class Study(StrictModel):
             task = name.split("-", 1)[1] if name.startswith("processed_vtab-") else name
             if settings.format == "vtab" and not (Path(settings.data_path) / task).is_dir():
                 raise KeyedError(f"datasets.{name}", f"unknown dataset: no folder {Path(settings.data_path) / task}")
+            try:
+                check_dataset(DataSpec(name, Path(settings.data_path), settings.format, settings.num_classes))
+            except ValueError as err:
+                raise KeyedError(f"datasets.{name}", str(err)) from None
 
     # -- what the service asks of a study ------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -272,11 +319,18 @@ class Study(StrictModel):
     def space(self, method: str) -> dict[str, Dimension]:
         return self.spaces.get(method, {})
 
+    def num_samples(self, method: str) -> tuple[int | str, str]:
+        """A method's num_samples and the key that set it."""
+        if method in self.search.num_samples_by_method:
+            return self.search.num_samples_by_method[method], f"search.num_samples_by_method.{method}"
+        return self.search.num_samples, "search.num_samples"
+
     def budget(self, cell: Cell) -> int:
-        """Tuning trials of a cell: the size of its grid, or ``num_samples``."""
-        if self.search.num_samples == "grid" or self.search.sampler == "grid":
+        """Tuning trials of a cell: the size of its grid, or its method's ``num_samples``."""
+        samples = self.num_samples(cell.method)[0]
+        if samples == "grid" or self.search.sampler == "grid":
             return max(1, len(grid_points(self.space(cell.method))))
-        return int(self.search.num_samples)
+        return int(samples)
 
     def milestones(self) -> list[int]:
         """ASHA rung epochs (the trial evaluates at each)."""

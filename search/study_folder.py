@@ -1,26 +1,35 @@
 """The study folder: its file names, its small JSON files (written atomically), and loading a
 study back from it. Shared by the tuning service, the report, export and the cluster commands.
 
-``search_state.json`` (the searcher: every trial, its cell, phase, params, status, value) and
-``asha_state.json`` (each cell's rung records) are the resume and status source of truth;
-``study.yaml`` is the study as it started (includes merged, paths absolute: frozen),
-``source.txt`` the file it came from, ``tracking_uri.txt`` where its MLflow runs are.
+``search_state.db`` (the searcher: every trial, its cell, phase, params, status, value; a
+summary row per cell) and ``asha_state.json`` (each cell's rung records) are the resume and
+status source of truth; ``study.yaml`` is the study as it started (includes merged, paths
+absolute: frozen), ``source.txt`` the file it came from, ``tracking_uri.txt`` where its MLflow
+runs are.
+
+The search state is SQLite, one row per trial upserted on each event (one transaction with its
+cell's row), so an event costs O(1) and a killed driver leaves the last committed event. Only
+the driver writes it; everything else reads it through ``read_trials``, ``read_cells`` and
+``trial_finished`` below.
 """
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
 
-SEARCH_STATE = "search_state.json"
+SEARCH_STATE = "search_state.db"
 ASHA_STATE = "asha_state.json"
 STUDY_COPY = "study.yaml"
 SOURCE = "source.txt"
 TRACKING_URI = "tracking_uri.txt"
 MLFLOW_RUNS = "mlflow_runs.json"  # MLflow run id of every cell and trial
-DONE = ("completed", "pruned", "failed")  # the states of a finished trial in SEARCH_STATE
+# A trial's status in SEARCH_STATE: running, then its outcome (search/tune/outcome.py decides it).
+RUNNING, COMPLETED, EARLY_STOPPED, PRUNED, FAILED = "running", "completed", "early_stopped", "pruned", "failed"
+DONE = (COMPLETED, EARLY_STOPPED, PRUNED, FAILED)
 TUNE_EXPERIMENT = "tune"  # Ray Tune's experiment folder, under ray/
 
 
@@ -51,19 +60,78 @@ def read_json(path: Path, default: Any = None) -> Any:
         raise ValueError(f"{path}: corrupt state file (not valid JSON)") from None
 
 
+# -- the search state (SQLite) ---------------------------------------------------------------
+STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY, cell TEXT NOT NULL, phase TEXT NOT NULL, status TEXT NOT NULL,
+    record TEXT NOT NULL  -- the whole record as JSON (search/tune/records.py TrialRecord)
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell TEXT PRIMARY KEY,
+    summary TEXT NOT NULL  -- JSON: counts, status, best, budget, the cell's grid position and re-queue
+);
+"""
+
+
+def connect_state(study_dir: str | Path, write: bool = False) -> sqlite3.Connection | None:
+    """A connection to the search state; None when a reader finds none (nothing is created).
+
+    Rollback journal, not WAL: trials on other nodes read this file over NFS-like shared storage,
+    where WAL's shared-memory index does not work; a commit syncs (crash-safe, a few ms).
+    """
+    path = Path(study_dir) / SEARCH_STATE
+    if not write and not path.is_file():
+        return None
+    # A reader never creates or changes the file; the timeout waits out a commit in progress.
+    target, uri = (str(path), False) if write else (f"{path.resolve().as_uri()}?mode=ro", True)
+    conn = sqlite3.connect(target, uri=uri, timeout=60)
+    if write:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(STATE_SCHEMA)
+    return conn
+
+
+def _query(study_dir: str | Path, sql: str, args: tuple = ()) -> list[tuple]:
+    conn = connect_state(study_dir)
+    if conn is None:
+        return []
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):  # created, schema not yet committed
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def read_trials(study_dir: str | Path) -> dict[str, dict]:
+    """Every trial record of a study folder, by trial id, in the order they were suggested."""
+    return {trial_id: json.loads(record) for trial_id, record in
+            _query(study_dir, "SELECT trial_id, record FROM trials ORDER BY rowid")}
+
+
+def read_cells(study_dir: str | Path) -> dict[str, dict]:
+    """Each started cell's summary row (what status shows), by cell id."""
+    return {cell: json.loads(summary) for cell, summary in _query(study_dir, "SELECT cell, summary FROM cells")}
+
+
 def trial_finished(study_dir: str | Path, trial_id: str) -> bool:
     """Whether the searcher recorded ``trial_id`` as finished (a resumed driver must not rerun it)."""
-    state = read_json(Path(study_dir) / SEARCH_STATE, {})
-    return state.get("trials", {}).get(trial_id, {}).get("status") in DONE
+    rows = _query(study_dir, "SELECT status FROM trials WHERE trial_id = ?", (trial_id,))
+    return bool(rows) and rows[0][0] in DONE
 
 
-def load_study_dir(study_dir: Path):
-    """(Study, tracking URI) of a study folder; a clear error when it is not one."""
+def load_study_dir(study_dir: Path, check_data: bool = False):
+    """(Study, tracking URI) of a study folder; a clear error when it is not one. Its data and
+    weights are checked only for what trains again (``check_data``: resume), not to read it."""
     from .study import StudyError, load_study
     study_dir = Path(study_dir)
-    if not (study_dir / SEARCH_STATE).is_file():
-        raise StudyError(f"{study_dir}: not a study folder (no {SEARCH_STATE})")
-    study = load_study(study_dir / STUDY_COPY)  # as it started: never the (editable) source file
+    missing = [name for name in (STUDY_COPY, TRACKING_URI) if not (study_dir / name).is_file()]
+    if missing:  # the two files it reads, written before any trial starts
+        raise StudyError(f"{study_dir}: not a study folder (no {' or '.join(missing)})")
+    study = load_study(study_dir / STUDY_COPY, check_data)  # as it started: never the (editable) source
     return study, (study_dir / TRACKING_URI).read_text().strip()
 
 

@@ -22,29 +22,50 @@ def minivtab(tmp_path_factory):
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server over HTTP on 127.0.0.1 (started by ``peft-search
     mlflow-server``), stopped by pid at the end."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
     from search.cluster.local import free_port
+    from search.mlflow_server import start_mlflow_server, wait_until_serving
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "mlflow-server", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts")],
-                            stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", port, root / "artifacts", root / "server.log")
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2):
-                break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"MLflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    try:
+        wait_until_serving(uri, 120, proc, root / "server.log")
+    except TimeoutError:
+        os.killpg(proc.pid, 9)
+        raise
     yield uri
     os.killpg(proc.pid, 9)
     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, minivtab):
+    """A finished one-cell study (linear on digits, one epoch) with its own sqlite MLflow store."""
+    import ray
+    import yaml
+    from search.cli import main
+    root = tmp_path_factory.mktemp("tiny_study")
+    study_file = root / "study.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "tiny-study", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+        "datasets": ["digits"], "methods": ["linear"],
+        "train": {"epoch": 1, "warmup_epoch": 0, "pretrained": False},
+        "spaces": {"linear": {"lr": {"grid": [0.01]}}},
+        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}}))
+    try:
+        assert main(["run", str(study_file), "--out", str(root / "out")]) == 0
+    finally:
+        ray.shutdown()
+    return root / "out"
+
+
+@pytest.fixture
+def base_study(minivtab):
+    """A small valid study mapping (digits; linear and lora) that bad-input tests mutate."""
+    return {
+        "name": "bad", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+        "datasets": ["digits"], "methods": ["linear", "lora"],
+        "train": {"epoch": 3, "warmup_epoch": 0, "pretrained": False},
+        "spaces": {"lora": {"lr": {"loguniform": [0.0001, 0.01]}, "lora_bottleneck": {"choice": [1, 8]}}},
+        "search": {"sampler": "tpe", "num_samples": 2, "asha": {"grace_period": 1, "max_t": 3}},
+    }

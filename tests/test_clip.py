@@ -263,7 +263,7 @@ def test_clip_zero_shot_run_evaluates_val_and_test_without_training(tmp_path):
     config = TrainConfig(method="zero_shot", backbone="tiny_clip", pretrained=False,
                          class_names=str(tmp_path / "names.txt"), templates=str(tmp_path / "templates.txt"),
                          data="toy", data_path=str(tmp_path), data_format="lists", phase="final",
-                         final_acc_hp=False, epoch=3, seed=5)
+                         final_acc_hp=False, epoch=3, warmup_epoch=0, seed=5)
     torch.manual_seed(config.seed)
     zero_shot = build_model(config, len(NAMES))
     write_run_data(tmp_path, zero_shot, transforms_for(config)[1], shift=0)

@@ -11,7 +11,6 @@ from mlflow.tracking import MlflowClient
 from peft_core.checkpoint import save_adapter
 from peft_core.evaluation import evaluate_domains
 from peft_core.train import build_model, train, transforms_for
-from peft_core.wise import WiSE
 from search.cli import main
 from search.report.build import report
 

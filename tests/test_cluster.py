@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from search.tune.status import summarize
 from search.cluster.local import LocalCluster, free_port, wait_for
-from search.study_folder import SEARCH_STATE, read_json
+from search.study_folder import read_trials
 
 EPOCHS = 10
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def test_cluster_submit_survives_losing_a_worker_node(cluster, tmp_path, minivta
         return json.loads(answer.stdout)
 
     def records() -> dict:
-        return (read_json(study_dir / SEARCH_STATE) or {"trials": {}})["trials"]
+        return read_trials(study_dir)
 
     # Wait until a trial on the worker node has a checkpoint past epoch 1, then lose the node.
     wait_for(lambda: job()["driver_node_id"], 120, "the job's driver", cluster.head.log)

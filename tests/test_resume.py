@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from peft_core.train import TrainConfig, train
 from search.tune.status import summarize
-from search.study_folder import SEARCH_STATE, read_json
+from search.study_folder import read_trials
 
 EPOCHS = 6
 
@@ -24,7 +24,7 @@ def cli(*args, **popen):
 
 
 def state(study_dir):
-    return (read_json(study_dir / SEARCH_STATE) or {"trials": {}})["trials"]
+    return read_trials(study_dir)
 
 
 def kill_group(proc):

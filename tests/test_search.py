@@ -9,7 +9,7 @@ from search.tune.driver import run_study
 from search.tune.status import summarize
 from search.models.export import export_study
 from search.space import grid_points
-from search.study_folder import ASHA_STATE, SEARCH_STATE, read_json
+from search.study_folder import ASHA_STATE, read_json, read_trials
 from search.study import load_study
 
 EPOCHS = 3
@@ -45,7 +45,7 @@ def finished(tmp_path_factory, minivtab, mlflow_server):
 
 
 def trials(study_dir):
-    return read_json(study_dir / SEARCH_STATE)["trials"].values()
+    return read_trials(study_dir).values()
 
 
 def test_every_cell_completes_with_a_final_run(finished):

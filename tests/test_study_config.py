@@ -9,14 +9,8 @@ from search.study import load_study
 
 
 @pytest.fixture
-def base(minivtab):
-    return {
-        "name": "bad", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
-        "datasets": ["digits"], "methods": ["linear", "lora"],
-        "train": {"epoch": 3, "warmup_epoch": 0, "pretrained": False},
-        "spaces": {"lora": {"lr": {"loguniform": [0.0001, 0.01]}, "lora_bottleneck": {"choice": [1, 8]}}},
-        "search": {"sampler": "tpe", "num_samples": 2, "asha": {"grace_period": 1, "max_t": 3}},
-    }
+def base(base_study):
+    return base_study
 
 
 def mutate(study, path, value):
@@ -208,12 +202,13 @@ def test_warm_start_compares_other_methods_on_the_keys_they_share():
 def test_searcher_warm_starts_a_cell_from_its_dataset_and_its_method(tmp_path, base):
     """A new digits/lora cell first tries the lr that won for full on digits and the rank that
     won for lora on digits_rot (its own sampler takes over after that)."""
+    from search.tune.records import TrialRecord
     from search.tune.searcher import StudySearcher
     from search.study import Cell
     study = {**base, "datasets": ["digits", "digits_rot"], "methods": ["full", "lora"],
              "spaces": {"full": {"lr": {"grid": [0.001, 0.01]}},
                         "lora": {"lr": {"grid": [0.001, 0.01]}, "lora_bottleneck": {"grid": [1, 4, 8, 16]}}},
-             "search": {"sampler": "tpe", "num_samples": 8, "warm_start": True}}
+             "search": {"sampler": "tpe", "num_samples": "grid", "warm_start": True}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     searcher = StudySearcher(load_study(tmp_path / "study.yaml"), tmp_path)
     finished = [("digits/full", {"lr": 0.001}, 60.0), ("digits/full", {"lr": 0.01}, 80.0),
@@ -222,8 +217,8 @@ def test_searcher_warm_starts_a_cell_from_its_dataset_and_its_method(tmp_path, b
                 ("digits_rot/lora", {"lr": 0.001, "lora_bottleneck": 16}, 70.0),
                 ("digits_rot/full", {"lr": 0.001}, 99.0)]  # neither the dataset nor the method: ignored
     for i, (cell, params, value) in enumerate(finished):
-        searcher.state["trials"][f"t{i}"] = {"trial_id": f"t{i}", "cell": cell, "phase": "tune", "params": params,
-                                             "status": "completed", "value": value}
+        searcher.books[cell].add(TrialRecord(f"t{i}", cell, "tune", params, i, None, 1, status="completed",
+                                             value=value))
     assert searcher._warm_start_points(Cell("digits", "lora")) == [{"lr": 0.01, "lora_bottleneck": 16}]
 
 
@@ -247,3 +242,11 @@ def test_schema_validates_every_shipped_study_and_rejects_a_typo(capsys):
     for key, bad in (("search", {**demo["search"], "samplr": "tpe"}), ("methods", ["lorra"]),
                      ("spaces", {"lora": {"rank_size": {"grid": [1]}}})):
         assert list(validator.iter_errors({**demo, key: bad})), key
+
+
+def test_a_methods_own_num_samples_keeps_small_grids_from_repeating():
+    from search.study import Cell
+    study = load_study(SPACES / "manyshot_cifar100.yaml", check_data=False)
+    budgets = {m: study.budget(Cell("cifar100", m)) for m in study.methods}
+    assert budgets["linear"] == 4 and budgets["full"] == 12  # their whole grids: 2 x 2, 2 x 3 x 2
+    assert all(budgets[m] == 48 for m in ("lora", "adaptformer", "rand_h_adapter", "fact_tk"))

@@ -17,7 +17,7 @@ def read_list(path: Path) -> list[tuple[str, int]]:
         if not line.strip():
             continue
         rel, _, label = line.strip().rpartition(" ")
-        if not rel or not label.lstrip("-").isdigit():
+        if not rel or not label.isdigit():  # a negative label is no class
             raise ValueError(f"{path}:{number}: expected 'relative/path label', got {line.strip()!r}")
         samples.append((rel, int(label)))
     if not samples:

@@ -9,7 +9,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from .lists import ListDataset
+from .lists import ListDataset, read_list
 
 # phase -> (train list, eval list) of the processed VTAB-1K layout (SPEC 4.1)
 SPLITS = {"tune": ("train800.txt", "val200.txt"), "final": ("train800val200.txt", "test.txt")}
@@ -89,6 +89,45 @@ def _num_classes(dataset: Dataset) -> int:
     return max(targets) + 1
 
 
+def _list_files(spec: DataSpec, phase: str) -> tuple[Path, Path, Path]:
+    """(image root, train list, evaluation list) of the list-file formats (vtab, lists)."""
+    if spec.format == "vtab":
+        folder = Path(spec.root) / spec.task
+        if not folder.is_dir():
+            raise ValueError(f"task folder not found: {folder}")
+        train_name, eval_name = SPLITS[phase]
+        return folder, folder / train_name, folder / eval_name
+    root = Path(spec.root)
+    return root, root / spec.train_list, root / (spec.val_list if phase == "tune" else spec.test_list)
+
+
+def _check_class_count(spec: DataSpec, found: int, where: Path) -> None:
+    if spec.num_classes is not None and found != spec.num_classes:
+        raise ValueError(f"{where}: labels give {found} classes but num_classes is {spec.num_classes}")
+
+
+def check_dataset(spec: DataSpec) -> None:
+    """What ``build_datasets`` would find missing or wrong in either phase, without opening an
+    image: folders, split lists (read, labels checked against ``num_classes``), index files."""
+    root = Path(spec.root)
+    if not root.is_dir():
+        raise ValueError(f"data root not found: {root}")
+    for phase in SPLITS:
+        if spec.format in ("vtab", "lists"):
+            _, *lists = _list_files(spec, phase)
+            labels = [label for path in lists for _, label in read_list(path)]
+            _check_class_count(spec, max(labels) + 1, lists[0].parent)
+        elif spec.format == "imagefolder":
+            folders = [root / "train", root / ("val" if phase == "tune" else "test")]
+            for folder in folders:
+                if not folder.is_dir():
+                    raise ValueError(f"image folder not found: {folder}")
+            _check_class_count(spec, max(sum(e.is_dir() for e in f.iterdir()) for f in folders), root)
+        else:  # cifar100: the index files (the class count is CIFAR-100's)
+            for name in (spec.train_list, spec.val_list):
+                _read_indices(root / name)
+
+
 def build_datasets(spec: DataSpec, phase: str, transform,
                    train_transform=None) -> tuple[Dataset, Dataset, int]:
     """(train set, evaluation set, class count) for ``phase`` ``tune`` (train/val) or ``final``
@@ -102,17 +141,10 @@ def build_datasets(spec: DataSpec, phase: str, transform,
     if not root.is_dir():
         raise ValueError(f"data root not found: {root}")
     train_transform = train_transform or transform
-    if spec.format == "vtab":
-        folder = root / spec.task
-        if not folder.is_dir():
-            raise ValueError(f"task folder not found: {folder}")
-        train_name, eval_name = SPLITS[phase]
-        train = ListDataset(folder, folder / train_name, train_transform)
-        evaluation = ListDataset(folder, folder / eval_name, transform)
-    elif spec.format == "lists":
-        eval_name = spec.val_list if phase == "tune" else spec.test_list
-        train = ListDataset(root, root / spec.train_list, train_transform)
-        evaluation = ListDataset(root, root / eval_name, transform)
+    if spec.format in ("vtab", "lists"):
+        images, train_list, eval_list = _list_files(spec, phase)
+        train = ListDataset(images, train_list, train_transform)
+        evaluation = ListDataset(images, eval_list, transform)
     elif spec.format == "imagefolder":
         folders = [root / "train", root / ("val" if phase == "tune" else "test")]
         for folder in folders:
@@ -126,9 +158,7 @@ def build_datasets(spec: DataSpec, phase: str, transform,
         if isinstance(dataset, ListDataset):
             dataset.check_files()
     found = max(_num_classes(train), _num_classes(evaluation))
-    if spec.num_classes is not None and found != spec.num_classes:
-        raise ValueError(f"{root / spec.task if spec.format == 'vtab' else root}: labels give "
-                         f"{found} classes but num_classes is {spec.num_classes}")
+    _check_class_count(spec, found, root / spec.task if spec.format == "vtab" else root)
     return train, evaluation, spec.num_classes or found
 
 

@@ -1,4 +1,4 @@
-"""Commands on a study's trained models: ``export``, ``evaluate``, ``wise``."""
+"""Commands on a study's trained models: ``export``, ``predict``, ``evaluate``, ``wise``."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,11 @@ def register(sub) -> None:
     p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=export)
+
+    p = sub.add_parser("predict", help="an exported cell's top-5 classes for each image")
+    p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="a cell folder written by export")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p.set_defaults(func=predict)
 
     for name, text in (("evaluate", "a trained final run on more test sets (domain shift), logged under that run"),
                        ("wise", "WiSE: the run between its zero-shot start and itself, alpha 0..1, on test sets")):
@@ -41,6 +46,13 @@ def export(args: argparse.Namespace) -> int:
     for cell, info in export_study(args.study_dir, args.out).items():
         merged = " + merged weights" if info["merged"] else ""
         print(f"{cell}: {info['folder']} (test top-1 {info.get('test_top1', float('nan')):.2f}{merged})")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from .predict import predict as classify
+    for path, top in classify(args.export_dir, args.images):
+        print(f"{path}: " + ", ".join(f"{name} {p:.1f}%" for name, p in top))
     return 0
 
 

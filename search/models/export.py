@@ -11,7 +11,7 @@ import peft_core
 from peft_core.checkpoint import adapter_from_checkpoint, load_adapter
 from peft_core.train import TrainConfig, build_model
 
-from ..study_folder import MLFLOW_RUNS, SEARCH_STATE, read_json
+from ..study_folder import COMPLETED, MLFLOW_RUNS, SEARCH_STATE, read_json, read_trials
 from ..study import StudyError
 
 
@@ -27,12 +27,11 @@ def trial_checkpoint(study_dir: Path, trial_id: str) -> Path:
 def export_study(study_dir: Path, out: Path) -> dict[str, dict]:
     """For every cell with a finished final run: ``<dataset>__<method>/{config.yaml,
     adapter.safetensors, merged.safetensors (when mergeable), metrics.json}``."""
-    state = read_json(Path(study_dir) / SEARCH_STATE)
-    if state is None:
+    if not (Path(study_dir) / SEARCH_STATE).is_file():
         raise StudyError(f"{study_dir}: not a study folder (no {SEARCH_STATE})")
     finals = {}
-    for record in state["trials"].values():
-        if record["phase"] == "final" and record["status"] == "completed":
+    for record in read_trials(study_dir).values():
+        if record["phase"] == "final" and record["status"] == COMPLETED:
             finals.setdefault(record["cell"], record)  # the first seed's run
     if not finals:
         raise StudyError(f"{study_dir}: no finished final run to export yet")

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from ..cluster.storage import check_shared_storage
+from ..core_commands import check_writable
 from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study, portable_mapping
 from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, load_study_dir,
-                            trial_folder_name, tune_dir)
+                            read_cells, trial_folder_name, tune_dir)
 from .scheduler import CellASHA
 from .searcher import StudySearcher
-from .status import summarize
+from .status import totals
 from .tracking import StudyTracker
 
 # Tune snapshots its experiment state at most this often (seconds); our own state is per event.
@@ -30,11 +30,12 @@ def trial_dirname(trial) -> str:
     return trial_folder_name(trial.trial_id)
 
 
-def _progress_callback(study_dir: Path):
+def _progress_callback(study_dir: Path, cells: int):
     from ray.tune import Callback
 
     class Progress(Callback):
-        """One line per finished trial: cells done, trials running/done/pruned/failed, best."""
+        """One line per finished trial: cells done, trials running/done/pruned/failed, best.
+        It reads the cells' rows of the search state: O(cells) per line, whatever the trials."""
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.show(trial.config.get("cell", ""))
@@ -42,11 +43,13 @@ def _progress_callback(study_dir: Path):
         on_trial_error = on_trial_complete
 
         def show(self, cell: str):
-            summary = summarize(study_dir)
-            best = summary["best"].get(cell)
-            print(f"[peft-search] cells {summary['cells_done']}/{len(summary['cells'])} | trials "
-                  f"running {summary['trials_running']} done {summary['trials_completed']} pruned "
-                  f"{summary['trials_pruned']} failed {summary['trials_failed']} | best so far "
+            rows = read_cells(study_dir)
+            counts = totals(rows)
+            best = rows.get(cell, {}).get("best_val")
+            print(f"[peft-search] cells {counts['cells_done']}/{cells} | trials "
+                  f"running {counts['trials_running']} done "
+                  f"{counts['trials_completed'] + counts['trials_early_stopped']} pruned "
+                  f"{counts['trials_pruned']} failed {counts['trials_failed']} | best so far "
                   f"{cell}: {'-' if best is None else f'{best:.1f}'}", file=sys.stderr, flush=True)
     return Progress()
 
@@ -74,7 +77,7 @@ def _run_config(study: Study, study_dir: Path, uri: str):
     from ray import tune
     return tune.RunConfig(
         name=TUNE_EXPERIMENT, storage_path=str(tune_dir(study_dir).parent.resolve()), verbose=0,
-        callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir)],
+        callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir, len(study.cells()))],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
 
@@ -85,7 +88,10 @@ def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
     study_dir = Path(out or study.storage_path or Path("runs") / study.name).resolve()
     if (study_dir / SEARCH_STATE).exists():
         raise StudyError(f"{study_dir} already holds a study; use `peft-search resume {study_dir}`")
+    check_writable(study_dir, "--out" if out or not study.storage_path else f"{study.source}: storage_path")
     uri = study.mlflow.tracking_uri or default_tracking_uri(study_dir)
+    if uri.startswith("sqlite:///"):  # the database file is created in its folder by the first trial
+        check_writable(Path(uri.removeprefix("sqlite:///")).parent, f"{study.source}: mlflow.tracking_uri")
     check_tracking_server(uri)
     return study, study_dir, uri
 
@@ -124,7 +130,7 @@ def resume_study(study_dir: Path) -> Path:
     their last checkpoint, each cell keeps its Optuna history and ASHA rungs."""
     from ray import tune
     study_dir = Path(study_dir).resolve()
-    study, uri = load_study_dir(study_dir)
+    study, uri = load_study_dir(study_dir, check_data=True)
     check_tracking_server(uri)
     _ray_init()
     check_shared_storage(study_dir)

@@ -4,25 +4,35 @@ Cells share the experiment (so the cluster stays full) but never share a sampler
 its own Optuna study (sqlite in the study folder, so its history survives a crash). ``grid``
 hands out each point of a cell's paper grid exactly once, however many trials run at once.
 When a cell's tuning ends, its final run(s) are suggested like any other trial.
+
+Every event updates the trial's record and its cell's book in memory (``records.py``) and
+writes both to the search state in one transaction, so an event costs the same at the first
+trial and at the ten-thousandth.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
 
+from .outcome import decide
+from .records import CellBook, TrialRecord
 from .sampling import CellSampler, make_sampler, warm_limit, warm_start_points
+from .store import SearchStore
 from ..space import grid_points
-from ..study_folder import DONE, SEARCH_STATE, read_json, write_json
+from ..study_folder import COMPLETED, EARLY_STOPPED, FAILED, PRUNED, RUNNING, SEARCH_STATE, read_cells, read_trials, write_json
 from ..study import Cell, Study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
+
+OPTUNA_STATE = {COMPLETED: optuna.trial.TrialState.COMPLETE, EARLY_STOPPED: optuna.trial.TrialState.COMPLETE,
+                PRUNED: optuna.trial.TrialState.PRUNED, FAILED: optuna.trial.TrialState.FAIL}
 
 
 def tune_trial_ids(experiment_dir: Path) -> set[str]:
@@ -38,56 +48,96 @@ class StudySearcher(Searcher):
     def __init__(self, study: Study, study_dir: Path) -> None:
         super().__init__(metric=study.search.metric, mode="max")
         self.study, self.study_dir = study, Path(study_dir)
-        self.state: dict[str, Any] = read_json(self.study_dir / SEARCH_STATE) or {
-            "trials": {}, "grid_next": {}}
+        self.cells = study.cells()
+        self.grid_mode = study.search.sampler == "grid" or study.search.num_samples == "grid"
         self._samplers: dict[str, CellSampler] = {}
+        self._store: SearchStore | None = None
+        self._load()
 
     # -- persistence -------------------------------------------------------------------------
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_samplers"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_samplers", "_store")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._samplers = {}
+        self._samplers, self._store = {}, None
 
-    def _persist(self) -> None:
-        write_json(self.study_dir / SEARCH_STATE, self.state)
+    @property
+    def store(self) -> SearchStore:
+        if self._store is None:  # opened on the first write: reading a study creates nothing
+            self._store = SearchStore(self.study_dir)
+        return self._store
+
+    def _load(self) -> None:
+        """Records and cell books from the search state (empty for a new study)."""
+        self._position = {cell.id: i for i, cell in enumerate(self.cells)}
+        self._grids = {m: grid_points(self.study.space(m)) for m in self.study.methods} if self.grid_mode else {}
+        self.books = {cell.id: CellBook(cell.id, self.study.budget(cell), len(self.study.final.seeds),
+                                        self._grids.get(cell.method)) for cell in self.cells}
+        for cell_id, summary in read_cells(self.study_dir).items():
+            if cell_id in self.books:
+                self.books[cell_id].grid_next, self.books[cell_id].requeue = summary["grid_next"], summary["requeue"]
+        self.records: dict[str, TrialRecord] = {}
+        for trial_id, data in read_trials(self.study_dir).items():
+            self.records[trial_id] = record = TrialRecord(**data)
+            self.books[record.cell].add(record)
+        # Scheduling indices: cells open for tuning as a heap of (tuning trials, position), stale
+        # entries dropped when met; cells waiting for a final run; cells done or failed.
+        self._open = [(book.started["tune"], self._position[c]) for c, book in self.books.items()
+                      if book.started["tune"] < book.budget]
+        heapq.heapify(self._open)
+        self._final_ready: set[int] = set()
+        self._closed: set[int] = set()
+        for book in self.books.values():
+            self._reschedule(book)
 
     def save(self, checkpoint_path: str) -> None:
-        write_json(Path(checkpoint_path), self.state)
+        # The search state is written on every event; Tune's snapshot only needs to name it.
+        write_json(Path(checkpoint_path), {"search_state": SEARCH_STATE})
 
     def restore(self, checkpoint_path: str) -> None:
-        # Our own file is written on every change: it is never older than Tune's snapshot.
-        self.state = read_json(self.study_dir / SEARCH_STATE) or read_json(Path(checkpoint_path))
+        self._load()  # the store is never older than Tune's snapshot
         known = tune_trial_ids(Path(checkpoint_path).parent)
-        for trial_id, record in list(self.state["trials"].items()):
-            if record["status"] not in DONE and trial_id not in known:
-                self._forget(trial_id, record)
-        self._persist()
+        for record in [r for r in self.records.values() if r.status == RUNNING and r.trial_id not in known]:
+            self._forget(record)
 
-    def _forget(self, trial_id: str, record: dict) -> None:
+    def _forget(self, record: TrialRecord) -> None:
         """A trial suggested just before a crash that Tune never recorded: hand its point out
         again (grid) and close its Optuna trial."""
-        del self.state["trials"][trial_id]
-        if record["phase"] == "tune":
-            self.state.setdefault("requeue", {}).setdefault(record["cell"], []).append(record["params"])
-            if record["number"] is not None:
+        del self.records[record.trial_id]
+        book = self.books[record.cell]
+        book.forget(record)
+        if record.phase == "tune":
+            book.requeue.append(record.params)
+            heapq.heappush(self._open, (book.started["tune"], self._position[record.cell]))
+            if record.number is not None:
                 try:
                     self._sampler_study(self._cell(record)).tell(
-                        record["number"], state=optuna.trial.TrialState.FAIL)
+                        record.number, state=optuna.trial.TrialState.FAIL)
                 except (ValueError, RuntimeError):
                     pass
+        self._reschedule(book)
+        self.store.delete(record, book.summary())
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _trials(self, cell: Cell, phase: str) -> list[dict]:
-        return [t for t in self.state["trials"].values() if t["cell"] == cell.id and t["phase"] == phase]
+    def _reschedule(self, book: CellBook) -> None:
+        """Keep the scheduling indices in step with one cell's status."""
+        position, status = self._position[book.cell], book.status
+        ready = status == "final" and book.started["final"] < book.seeds
+        (self._final_ready.add if ready else self._final_ready.discard)(position)
+        (self._closed.add if status in ("done", "failed") else self._closed.discard)(position)
+
+    def _changed(self, record: TrialRecord) -> None:
+        book = self.books[record.cell]
+        self._reschedule(book)
+        self.store.save(record, book.summary())
 
     def _sampler(self, cell: Cell) -> CellSampler:
         if cell.id not in self._samplers:
-            seed = self.study.search.seed + self.study.cells().index(cell)
+            seed = self.study.search.seed + self._position[cell.id]
             space = self.study.space(cell.method)
             optuna_study = optuna.create_study(
                 storage=f"sqlite:///{self.study_dir / 'optuna.db'}", study_name=cell.id,
@@ -99,143 +149,132 @@ class StudySearcher(Searcher):
     def _sampler_study(self, cell: Cell) -> optuna.Study:
         return self._sampler(cell).study
 
-    def best_tune_trial(self, cell: Cell) -> dict | None:
-        """The completed tuning trial with the best selection metric (never a test metric)."""
-        done = [t for t in self._trials(cell, "tune") if t["status"] == "completed" and t["value"] is not None]
-        return max(done, key=lambda t: t["value"]) if done else None
+    def best_tune_trial(self, cell: Cell) -> TrialRecord | None:
+        """The completed tuning trial with the best selection metric (never a test metric); of
+        tied ones, the last in grid order (trial order without a grid)."""
+        return self.books[cell.id].best
 
     def cell_status(self, cell: Cell) -> str:
-        tune_trials = self._trials(cell, "tune")
-        finals = self._trials(cell, "final")
-        if len(tune_trials) < self.study.budget(cell) or any(t["status"] not in DONE for t in tune_trials):
-            return "tuning"
-        if self.best_tune_trial(cell) is None:
-            return "failed"
-        if len(finals) < len(self.study.final.seeds) or any(t["status"] not in DONE for t in finals):
-            return "final"
-        return "done"
+        return self.books[cell.id].status
 
     # -- Searcher API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | str | None:
-        cells = self.study.cells()
-        statuses = {c.id: self.cell_status(c) for c in cells}
-        if all(s in ("done", "failed") for s in statuses.values()):
+        if len(self._closed) == len(self.cells):
             return Searcher.FINISHED
         # Final runs first (they finish cells), then the cell with the fewest tuning trials.
-        for cell in cells:
-            if statuses[cell.id] == "final" and len(self._trials(cell, "final")) < len(self.study.final.seeds):
-                return self._suggest_final(trial_id, cell)
-        open_cells = [c for c in cells if len(self._trials(c, "tune")) < self.study.budget(c)]
-        if not open_cells:
-            return None  # waiting for running trials
-        cell = min(open_cells, key=lambda c: len(self._trials(c, "tune")))
-        return self._suggest_tune(trial_id, cell)
+        if self._final_ready:
+            return self._suggest_final(trial_id, self.cells[min(self._final_ready)])
+        while self._open:
+            tuned, position = self._open[0]
+            book = self.books[self.cells[position].id]
+            if tuned == book.started["tune"] and tuned < book.budget:
+                return self._suggest_tune(trial_id, self.cells[position])
+            heapq.heappop(self._open)  # stale: the cell has had trials since, or is full
+        return None  # waiting for running trials
 
     def _suggest_tune(self, trial_id: str, cell: Cell) -> dict:
-        sampler = self._sampler(cell)
-        requeued = self.state.setdefault("requeue", {}).get(cell.id)
+        book = self.books[cell.id]
         fixed = None
-        if requeued:
-            fixed = requeued.pop(0)
-        elif self.study.search.sampler == "grid" or self.study.search.num_samples == "grid":
-            points = grid_points(self.study.space(cell.method)) or [{}]
-            index = self.state["grid_next"].get(cell.id, 0)
-            self.state["grid_next"][cell.id] = index + 1
-            fixed = points[index]
+        if book.requeue:
+            fixed = book.requeue.pop(0)
+        elif self.grid_mode:
+            points = self._grids[cell.method] or [{}]
+            fixed = points[book.grid_next]
+            book.grid_next += 1
         elif self.study.search.warm_start:  # the first trials of a cell: what did well in related cells
-            warm, tried = self._warm_start_points(cell), len(self._trials(cell, "tune"))
+            warm, tried = self._warm_start_points(cell), book.started["tune"]
             fixed = warm[tried] if tried < len(warm) else None
-        trial = sampler.ask(fixed)
-        params = dict(trial.params)
-        return self._register(trial_id, cell, "tune", params, trial.number, None)
+        trial = self._sampler(cell).ask(fixed)
+        return self._register(trial_id, cell, "tune", dict(trial.params), trial.number, None)
 
     def _warm_start_points(self, cell: Cell) -> list[dict]:
         """Points that did well in the finished trials of the same method on other datasets and
         of other methods on the same dataset (compared on the keys they share)."""
-        related = [other for other in self.study.cells() if other != cell
-                   and (other.method == cell.method or other.dataset == cell.dataset)]
-        histories = {other: [(t["params"], t["value"]) for t in self._trials(other, "tune")
-                             if t["status"] == "completed" and t["value"] is not None] for other in related}
+        book = self.books[cell.id]
         grid = grid_points(self.study.space(cell.method))
+        limit = warm_limit(len(grid) or book.budget)
+        if book.started["tune"] >= limit:
+            return []  # past the warm start: its own sampler decides
+        related = [other for other in self.cells if other != cell
+                   and (other.method == cell.method or other.dataset == cell.dataset)]
+        histories = {other: self.books[other.id].history for other in related}
         candidates = grid or [params for other, history in histories.items() if other.method == cell.method
                               for params, _ in history]
-        limit = warm_limit(len(grid) or self.study.budget(cell))
         return warm_start_points(candidates, [h for h in histories.values() if h], limit)
 
     def _suggest_final(self, trial_id: str, cell: Cell) -> dict:
-        best = self.best_tune_trial(cell)
-        seed = self.study.final.seeds[len(self._trials(cell, "final"))]
-        return self._register(trial_id, cell, "final", best["params"], None, seed,
-                              selected_from=best["trial_id"])
+        best = self.books[cell.id].best
+        seed = self.study.final.seeds[self.books[cell.id].started["final"]]
+        return self._register(trial_id, cell, "final", best.params, None, seed, selected_from=best.trial_id)
 
     def _register(self, trial_id: str, cell: Cell, phase: str, params: dict, number: int | None,
                   seed: int | None, selected_from: str | None = None) -> dict:
-        self.state["trials"][trial_id] = {
-            "trial_id": trial_id, "cell": cell.id, "phase": phase, "params": params, "number": number,
-            "seed": seed, "status": "running", "value": None, "epochs": 0, "seconds": 0.0,
-            "selected_from": selected_from, "metrics": {}}
-        self._persist()
+        train = self.study.trial_config(cell, params, phase, seed)
+        record = TrialRecord(trial_id, cell.id, phase, params, number, seed, train["epoch"], selected_from)
+        self.records[trial_id] = record
+        book = self.books[cell.id]
+        book.add(record)
+        if phase == "tune":
+            heapq.heappush(self._open, (book.started["tune"], self._position[cell.id]))
+        self._changed(record)
         return {"cell": cell.id, "phase": phase, "params": params, "study_dir": str(self.study_dir),
-                "train": self.study.trial_config(cell, params, phase, seed)}
+                "train": train}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        record = self.state["trials"].get(trial_id)
-        if record is None or record["status"] in DONE:
+        record = self.records.get(trial_id)
+        if record is None or record.status != RUNNING:
             return
-        record["epochs"] = int(result.get("epoch", record["epochs"]))
-        if "started_at" in result:
-            record.setdefault("started_at", result["started_at"])  # the first attempt's start
-        if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
-            record["nodes"].append(result["node_id"])
+        record.epochs = int(result.get("epoch", record.epochs))
+        if record.started_at is None and "started_at" in result:
+            record.started_at = result["started_at"]  # the first attempt's start
+        if result.get("node_id") and result["node_id"] not in record.nodes:
+            record.nodes.append(result["node_id"])
         if result.get("diverged"):
-            record["error"] = result["diverged"]
-        record["seconds"] = float(result.get("trial_seconds", record["seconds"]))
-        record["metrics"] = {k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_"))
-                             and isinstance(v, (int, float))}
-        if self.metric in result and record["phase"] == "tune":
+            record.error = result["diverged"]
+        record.early_stopped = record.early_stopped or bool(result.get("early_stopped"))
+        record.seconds = float(result.get("trial_seconds", record.seconds))
+        record.metrics.update({k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_"))
+                               and isinstance(v, (int, float))})
+        if self.metric in result and record.phase == "tune":
             value = float(result[self.metric])
             # Runs that select on validation (CLIP) are worth their best epoch, not their last.
-            if not self.study.train.final_acc_hp and record["value"] is not None:
-                value = max(value, record["value"])
-            record["value"] = value
-            if record["number"] is not None:
-                self._optuna_trial(record).report(record["value"], record["epochs"])
-        self._persist()
+            if not self.study.train.final_acc_hp and record.value is not None:
+                value = max(value, record.value)
+            record.value = value
+            if record.number is not None:
+                self._optuna_trial(record).report(record.value, record.epochs)
+        self.books[record.cell].progress(record)
+        self._changed(record)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        record = self.state["trials"].get(trial_id)
-        if record is None or record["status"] in DONE:
+        record = self.records.get(trial_id)
+        if record is None or record.status != RUNNING:
             return  # already finished before a resume: never counted twice
-        if result and int(result.get("epoch", -1)) != record["epochs"]:
+        if result and int(result.get("epoch", -1)) != record.epochs:
             self.on_trial_result(trial_id, result)
-        epochs = self.study.trial_config(self._cell(record), record["params"], record["phase"])["epoch"]
-        record["ended_at"] = time.time()
-        if error or record.get("error"):
-            record["status"] = "failed"
-        elif record["epochs"] < epochs:
-            record["status"] = "pruned"
-        else:
-            record["status"] = "completed"
-        if record["number"] is not None:
+        record.ended_at = time.time()
+        record.status = decide(error=error or record.error is not None, epochs=record.epochs,
+                               planned_epochs=record.planned_epochs, early_stopped=record.early_stopped)
+        if record.number is not None:
             self._tell(record)
-        self._persist()
+        self.books[record.cell].finish(record)
+        self._changed(record)
 
-    def _cell(self, record: dict) -> Cell:
-        return Cell.parse(record["cell"])
+    def _cell(self, record: TrialRecord) -> Cell:
+        return self.cells[self._position[record.cell]]
 
-    def _optuna_trial(self, record: dict) -> optuna.Trial:
+    def _optuna_trial(self, record: TrialRecord) -> optuna.Trial:
         """The running Optuna trial behind a record (Optuna keys trials by storage id)."""
         optuna_study = self._sampler_study(self._cell(record))
         storage_id = optuna_study._storage.get_trial_id_from_study_id_trial_number(
-            optuna_study._study_id, record["number"])
+            optuna_study._study_id, record.number)
         return optuna.Trial(optuna_study, storage_id)
 
-    def _tell(self, record: dict) -> None:
+    def _tell(self, record: TrialRecord) -> None:
         optuna_study = self._sampler_study(self._cell(record))
-        state = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
-                 "failed": optuna.trial.TrialState.FAIL}[record["status"]]
-        value = record["value"] if state == optuna.trial.TrialState.COMPLETE else None
+        state = OPTUNA_STATE[record.status]
+        value = record.value if state == optuna.trial.TrialState.COMPLETE else None
         try:
-            optuna_study.tell(record["number"], value, state=state)
+            optuna_study.tell(record.number, value, state=state)
         except (ValueError, RuntimeError) as err:  # already told before a crash
-            log.debug("optuna tell skipped for %s: %s", record["trial_id"], err)
+            log.debug("optuna tell skipped for %s: %s", record.trial_id, err)

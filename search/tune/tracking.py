@@ -21,8 +21,9 @@ from ray.tune import Callback
 from peft_core.checkpoint import adapter_from_checkpoint
 
 from ..mlflow_layout import get_experiment_id
-from ..study_folder import MLFLOW_RUNS, read_json, write_json
+from ..study_folder import FAILED, MLFLOW_RUNS, read_json, write_json
 from ..study import Cell, Study
+from .outcome import MLFLOW_STATUS, decide
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
                  "test_top1", "test_top5", "lr")
@@ -112,18 +113,17 @@ class StudyTracker(Callback):
         if run_id is None or self.client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED"):
             return  # finished before a resume: nothing to add
         result = trial.last_result or {}
-        error = error or bool(result.get("diverged"))
         config = trial.config
         epochs = int(result.get("epoch", 0))
+        state = decide(error=error or bool(result.get("diverged")), epochs=epochs,
+                       planned_epochs=config["train"]["epoch"], early_stopped=bool(result.get("early_stopped")))
         final_metrics = {"inserted_params": result.get("inserted_params"), "epochs_run": epochs,
                          "trial_seconds": result.get("trial_seconds")}
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epochs)
                                                for k, v in final_metrics.items() if v is not None])
-        pruned = not error and epochs < config["train"]["epoch"]
-        state = "failed" if error else "pruned" if pruned else "completed"
         self.client.set_tag(run_id, "state", state)
-        if config["phase"] == "final" and not error and trial.checkpoint is not None:
+        if config["phase"] == "final" and state != FAILED and trial.checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp, trial.checkpoint.as_directory() as folder:
                 meta = {"method": config["train"]["method"], "hp": config["train"]["hp"],
                         "backbone": config["train"]["backbone"]}
@@ -132,7 +132,7 @@ class StudyTracker(Callback):
                 if (Path(folder) / "predictions_test.npz").is_file():  # train: {save_predictions: true}
                     kept = shutil.copy(Path(folder) / "predictions_test.npz", Path(tmp) / "test.npz")
                     self.client.log_artifact(run_id, str(kept), "predictions")
-        self.client.set_terminated(run_id, "FAILED" if error else "KILLED" if pruned else "FINISHED")
+        self.client.set_terminated(run_id, MLFLOW_STATUS[state])
         if config["phase"] == "final":
             self._maybe_close_cell(config["cell"], runs)
 

@@ -40,7 +40,13 @@ def run_trial(config: dict) -> None:
                     checkpoint=ckpt)
 
     try:
-        train(train_config, report, resume_from=resume_dir)
+        result = train(train_config, report, resume_from=resume_dir)
+        if result.status == "early_stopped":
+            # Training decides to stop after its last report: say so, or the searcher and the
+            # tracker would take the short run for one the scheduler stopped (pruned).
+            tune.report({"early_stopped": True, "epoch": result.metrics["epoch"],
+                         "inserted_params": result.inserted_params, "trial_seconds": time.time() - start,
+                         "node_id": node_id})
     except TrainingDiverged as err:
         # Reported, not raised: Tune retries raised errors (lost nodes), and a diverged run
         # would only diverge again. The searcher and tracker mark it failed.

@@ -1,0 +1,63 @@
+"""``peft-search predict EXPORT_DIR IMAGE...``: an exported cell classifies images, top-5 each.
+
+The model is the export's own run config (backbone, method, hyper-parameters) with its adapter
+loaded, in eval mode, with the run's evaluation transform. Class names come from the run's
+``class_names`` (CLIP) or an ImageFolder's class folders; otherwise classes are numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from peft_core.checkpoint import load_adapter
+from peft_core.clip import read_class_names
+from peft_core.train import TrainConfig, build_model, transforms_for
+
+from .export import head_classes
+
+
+def load_export(folder: Path) -> tuple[TrainConfig, torch.nn.Module]:
+    folder = Path(folder)
+    config_file, adapter = folder / "config.yaml", folder / "adapter.safetensors"
+    for needed in (config_file, adapter):
+        if not needed.is_file():
+            raise ValueError(f"{folder}: not an exported cell (no {needed.name}); `peft-search export` writes one")
+    config = TrainConfig(**yaml.safe_load(config_file.read_text()))
+    torch.manual_seed(config.seed)  # a random-init backbone (pretrained: false) is rebuilt as the run built it
+    model = build_model(config, head_classes(adapter))
+    load_adapter(model, adapter)
+    return config, model.eval()
+
+
+def class_names(config: TrainConfig, count: int) -> list[str]:
+    if config.class_names is not None:
+        return read_class_names(config.class_names)[:count]
+    if config.data_format == "imagefolder":  # torchvision's ImageFolder: sorted class folders
+        train = Path(config.data_path) / config.data / "train"
+        if train.is_dir():
+            names = sorted(d.name for d in train.iterdir() if d.is_dir())
+            if len(names) == count:
+                return names
+    return [str(i) for i in range(count)]
+
+
+def predict(folder: Path, images: list[Path], k: int = 5) -> list[tuple[Path, list[tuple[str, float]]]]:
+    """Per image: its ``k`` most likely classes with their probabilities (percent)."""
+    config, model = load_export(folder)
+    transform = transforms_for(config)[1]
+    batch = []
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                batch.append(transform(image.convert("RGB")))
+        except (OSError, UnidentifiedImageError):
+            raise ValueError(f"{path}: not a readable image") from None
+    with torch.no_grad():
+        probs = model(torch.stack(batch)).softmax(dim=-1) * 100.0
+    names = class_names(config, probs.shape[1])
+    top = probs.topk(min(k, probs.shape[1]), dim=-1)
+    return [(path, [(names[i], p) for p, i in zip(values.tolist(), indices.tolist())])
+            for path, values, indices in zip(images, top.values, top.indices)]

@@ -1,0 +1,22 @@
+"""How a trial ended, decided in one place: the searcher records it, the MLflow tracker tags
+and terminates the run with it, status counts it. The names are the store's
+(``search.study_folder``)."""
+from __future__ import annotations
+
+from ..study_folder import COMPLETED, EARLY_STOPPED, FAILED, PRUNED
+
+# Outcomes whose value a cell may select: the trial trained to the end of its own schedule.
+SELECTABLE = (COMPLETED, EARLY_STOPPED)
+# MLflow's terminal run status per outcome (an ASHA stop is KILLED, as in the MLflow layout).
+MLFLOW_STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
+
+
+def decide(*, error: bool, epochs: int, planned_epochs: int, early_stopped: bool) -> str:
+    """``error``: the trial raised or its loss diverged; ``early_stopped``: training's own
+    patience ended it (the trial reports so); fewer epochs than planned otherwise means the
+    scheduler stopped it."""
+    if error:
+        return FAILED
+    if early_stopped:
+        return EARLY_STOPPED
+    return PRUNED if epochs < planned_epochs else COMPLETED
