@@ -3,7 +3,9 @@
 ``train(config, report)`` builds the backbone, attaches the method, trains with AdamW and timm's
 ``CosineLRScheduler`` stepped after each epoch as the study does (epochs 0 and 1 at
 ``warmup_lr_init``, epoch k at lr(k - 1)), evaluates at the
-configured epochs and calls ``report(metrics, checkpoint_dir)`` each time it evaluates.
+configured epochs and calls ``report(metrics, checkpoint_dir)`` after every epoch (training
+metrics and lr always, validation metrics at evaluation epochs; a checkpoint at evaluation
+epochs and every ``checkpoint_every`` epochs, else ``None``).
 
 Final runs test either the last epoch (``final_acc_hp: true``, VTAB-1K: trained on train+val) or
 the epoch with the best validation top-1 (``final_acc_hp: false``, CLIP on few-shot ImageNet:
@@ -99,6 +101,9 @@ class TrainSettings(StrictModel):
     device: Annotated[str, AfterValidator(_device_name)] = "auto"
     bf16: bool = False
     num_workers: int = Field(0, ge=0)
+    # Checkpoint every N epochs besides the evaluation epochs (0: only at those), so a resumed or
+    # retried trial continues from its last finished epoch.
+    checkpoint_every: int = Field(1, ge=0)
 
     @model_validator(mode="after")
     def _warmup_inside_the_run(self) -> "TrainSettings":
@@ -300,7 +305,7 @@ def _datasets(config: TrainConfig):
 
 def train(config: TrainConfig, report: Report | None = None, resume_from: Path | None = None,
           progress: bool = False) -> TrainResult:
-    """Run the protocol; ``report(metrics, checkpoint_dir)`` after every evaluation.
+    """Run the protocol; ``report(metrics, checkpoint_dir)`` after every epoch.
 
     ``resume_from``: a checkpoint folder given to ``report`` earlier; training continues from
     it exactly as if never stopped. Raises ``TrainingDiverged`` on a NaN/inf loss.
@@ -367,34 +372,38 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
                                      epoch, lr, head_only=features is not None)
         scheduler.step(epoch)
         state["epoch"] = epoch + 1
-        if not config.evaluates_at(epoch + 1):
-            continue
         metrics = {"epoch": epoch + 1, "lr": lr, "inserted_params": inserted, **train_metrics}
-        if validates:
-            metrics.update(scores("val"))
-            if track_best(state, metrics["val_top1"], epoch + 1) and config.selects_on_val:
-                best = {n: t.clone() for n, t in ckpt.trainable_state(model).items()}
-        stop = validates and config.early_patience and state["bad_evals"] >= config.early_patience
-        # The test set is looked at once, at the end; it never selects anything.
-        if "test" in eval_sets and (stop or epoch + 1 == config.epoch):
-            if config.selects_on_val:
-                ckpt.copy_trainable(model, best, "the best validation epoch's weights")
-                metrics["selected_epoch"] = state["best_epoch"]
-            metrics.update(scores("test"))
-        state["history"].append(metrics)
+        evaluated, stop = config.evaluates_at(epoch + 1), False
+        if evaluated:
+            if validates:
+                metrics.update(scores("val"))
+                if track_best(state, metrics["val_top1"], epoch + 1) and config.selects_on_val:
+                    best = {n: t.clone() for n, t in ckpt.trainable_state(model).items()}
+            stop = validates and config.early_patience and state["bad_evals"] >= config.early_patience
+            # The test set is looked at once, at the end; it never selects anything.
+            if "test" in eval_sets and (stop or epoch + 1 == config.epoch):
+                if config.selects_on_val:
+                    ckpt.copy_trainable(model, best, "the best validation epoch's weights")
+                    metrics["selected_epoch"] = state["best_epoch"]
+                metrics.update(scores("test"))
+            state["history"].append(metrics)
         if progress:
             shown = "".join(f" {key} {metrics[key]:.2f}" for key in ("val_top1", "test_top1") if key in metrics)
             print(f"epoch {epoch + 1}/{config.epoch} lr {lr:.2e} train_loss {metrics['train_loss']:.4f}"
                   f"{shown}", file=sys.stderr, flush=True)
-        if report is not None:
-            folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
-            try:
-                ckpt.save(folder, model, optimizer, scheduler, state, best)
-                for name, result in kept.items():
-                    save_predictions(folder / f"predictions_{name}.npz", result)
-                report(metrics, folder)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+        if report is not None:  # every epoch: training curves, and a checkpoint to resume from
+            every = config.checkpoint_every
+            if evaluated or (every and (epoch + 1) % every == 0):
+                folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
+                try:
+                    ckpt.save(folder, model, optimizer, scheduler, state, best)
+                    for name, result in kept.items():
+                        save_predictions(folder / f"predictions_{name}.npz", result)
+                    report(metrics, folder)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+            else:
+                report(metrics, None)
         if stop:
             status = "early_stopped"
             break

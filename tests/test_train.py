@@ -84,6 +84,31 @@ def test_non_finite_learning_rate_is_refused_at_construction(minivtab, lr):
     assert msg == "train config: lr: Input should be a finite number"
 
 
+def test_a_run_stopped_after_a_non_evaluation_epoch_resumes_at_the_next_epoch(minivtab, tmp_path):
+    config = tiny(minivtab, method="lora", epoch=5, warmup_epoch=1, eval_freq=0)  # evaluates at 1 and 5
+    assert not config.evaluates_at(3)
+    saved, reported = tmp_path / "after_epoch_3", []
+
+    def keep_epoch_3(metrics, folder):
+        reported.append((metrics["epoch"], "val_top1" in metrics, folder is not None))
+        if metrics["epoch"] == 3:
+            shutil.copytree(folder, saved)
+
+    full_run = train(config, report=keep_epoch_3)
+    # every epoch reports its training metrics with a checkpoint; validation only where it evaluates
+    assert reported == [(1, True, True), (2, False, True), (3, False, True), (4, False, True), (5, True, True)]
+    resumed_epochs = []
+    resumed = train(config, report=lambda m, f: resumed_epochs.append(m["epoch"]), resume_from=saved)
+    assert resumed_epochs == [4, 5]
+    assert resumed.history == full_run.history
+    for (name, a), b in zip(full_run.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    sparse = []
+    train(tiny(minivtab, method="lora", epoch=5, warmup_epoch=1, checkpoint_every=2),
+          report=lambda m, f: sparse.append((m["epoch"], f is not None)))
+    assert sparse == [(1, True), (2, True), (3, False), (4, True), (5, True)]
+
+
 def test_exploding_loss_fails_the_trial_clearly(minivtab):
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at epoch \d+ step \d+"):
         train(tiny(minivtab, method="full", lr=1e30, warmup_epoch=0, epoch=3))
