@@ -5,6 +5,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from peft_core.train import TrainConfig
 from search.tune.driver import run_study
 from search.tune.status import summarize
 from search.models.export import export_study
@@ -117,7 +118,9 @@ def test_mlflow_tree_matches_the_spec(finished):
             for key in ("train_loss", "train_top1", "val_loss", "lr", "inserted_params",
                         "epochs_run", "trial_seconds"):
                 assert key in run.data.metrics, key
-            assert set(run.data.params) - {"method"} <= {"lr", "lora_bottleneck"}
+            # the searched keys, and (#15) every training setting besides them
+            assert {"lr", "epoch", "batch_size"} <= set(run.data.params)
+            assert set(run.data.params) - {"method"} - set(TrainConfig.keys()) <= {"lora_bottleneck"}
         if run.data.tags["phase"] == "final":
             assert {"test_top1", "test_top5"} <= set(run.data.metrics) and "seed" in run.data.params
             assert "val_top1" not in run.data.metrics  # the final run never touches val for selection
@@ -193,3 +196,17 @@ def test_the_study_folder_keeps_the_study_as_it_started(finished, tmp_path):
         assert summarize(study_dir)["cells_done"] == 3
     finally:
         source.write_text(original)
+
+
+def test_every_trial_run_carries_every_setting_as_a_parameter(finished):
+    study, _, client = finished
+    experiment = client.get_experiment_by_name(study.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.phase = 'tune' and tags.method = 'lora'")
+    assert len(runs) == 4
+    for run in runs:
+        params = run.data.params
+        for key in ("epoch", "warmup_epoch", "batch_size", "drop_path_rate", "lr", "wd", "lora_bottleneck",
+                    "backbone", "seed", "method"):
+            assert key in params, key
+        assert params["epoch"] == str(EPOCHS) and params["method"] == "lora"
+    assert {r.data.params["lora_bottleneck"] for r in runs} == {"1", "8"}

@@ -82,9 +82,10 @@ class StudyTracker(Callback):
                 "phase": config["phase"], "trial_id": trial.trial_id}
         run = self.client.create_run(runs["experiment_id"], run_name=f"{cell} {trial.trial_id}", tags=tags)
         run_id = run.info.run_id
-        params = {"method": method, **config["params"]}
-        if config["phase"] == "final":
-            params["seed"] = config["train"]["seed"]
+        # Every training setting and hyper-parameter, not only the searched ones, so MLflow's
+        # compare view and parallel-coordinates plot line a cell's trials up on all of them.
+        settings = {k: v for k, v in config["train"].items() if k != "hp"}
+        params = {**settings, **config["train"]["hp"], "method": method, **config["params"]}
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
