@@ -66,3 +66,11 @@ def test_each_outcome_is_recorded_and_read_back(tmp_path):
             summary["trials_failed"], summary["trials_completed"]) == (1, 1, 1, 1, 1)
     assert summary["cells"]["digits/linear"]["test_top1"] == [60.0]
     assert searcher.suggest("f1") == "FINISHED"
+
+
+def test_duplicates_are_counted_for_every_sampler():
+    from search.tune.records import CellBook, TrialRecord
+    book = CellBook("digits/lora", budget=3, seeds=1, grid=None)  # a TPE or random cell: no grid
+    for trial_id, lr in (("a", 0.01), ("b", 0.001), ("c", 0.01)):
+        book.add(TrialRecord(trial_id, "digits/lora", "tune", {"lr": lr}, None, None, EPOCHS))
+    assert book.duplicates == 1

@@ -64,13 +64,13 @@ class CellBook:
         self.seconds = 0.0
         self._counted: dict[str, tuple[int, float]] = {}  # trial -> (epochs, seconds) in the sums
         self._points: dict[str, int] = {}  # grid point -> tuning trials given it
-        self.duplicates = 0  # grid points run more than once
+        self.duplicates = 0  # points run more than once (counted for every sampler)
 
     # -- events --------------------------------------------------------------------------------
     def add(self, record: TrialRecord) -> None:
         """A trial of this cell, new or loaded from the store."""
         self.started[record.phase] += 1
-        if record.phase == "tune" and self.grid_order is not None:
+        if record.phase == "tune":  # any sampler: a point run twice is a wasted trial
             key = point_key(record.params)
             self.duplicates += key in self._points
             self._points[key] = self._points.get(key, 0) + 1
@@ -103,7 +103,7 @@ class CellBook:
         record.epochs, record.seconds = 0, 0.0
         self.progress(record)
         del self._counted[record.trial_id]
-        if record.phase == "tune" and self.grid_order is not None:
+        if record.phase == "tune":  # any sampler: a point run twice is a wasted trial
             key = point_key(record.params)
             self._points[key] -= 1
             self.duplicates -= self._points[key] > 0
