@@ -225,8 +225,8 @@ class Study(StrictModel):
         return self
 
     def _check_spaces(self) -> None:
-        grid = self.search.sampler == "grid" or self.search.num_samples == "grid"
         for method, space in self.spaces.items():
+            grid = self.search.sampler == "grid" or self.num_samples(method)[0] == "grid"
             cls = get_method(method)
             hp_keys = set(cls.__dataclass_fields__) | set(cls.aliases)
             for key, dim in space.items():
@@ -304,11 +304,11 @@ class Study(StrictModel):
             if not Path(settings.data_path).is_dir():
                 key = f"datasets.{name}.data_path" if name in self._own_data_path else "data_root"
                 raise KeyedError(key, f"data root not found: {settings.data_path}")
-            task = name.split("-", 1)[1] if name.startswith("processed_vtab-") else name
-            if settings.format == "vtab" and not (Path(settings.data_path) / task).is_dir():
-                raise KeyedError(f"datasets.{name}", f"unknown dataset: no folder {Path(settings.data_path) / task}")
+            spec = DataSpec(name, Path(settings.data_path), settings.format, settings.num_classes)
+            if spec.format == "vtab" and not (spec.root / spec.task).is_dir():
+                raise KeyedError(f"datasets.{name}", f"unknown dataset: no folder {spec.root / spec.task}")
             try:
-                check_dataset(DataSpec(name, Path(settings.data_path), settings.format, settings.num_classes))
+                check_dataset(spec)
             except ValueError as err:
                 raise KeyedError(f"datasets.{name}", str(err)) from None
 

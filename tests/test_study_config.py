@@ -250,3 +250,13 @@ def test_a_methods_own_num_samples_keeps_small_grids_from_repeating():
     budgets = {m: study.budget(Cell("cifar100", m)) for m in study.methods}
     assert budgets["linear"] == 4 and budgets["full"] == 12  # their whole grids: 2 x 2, 2 x 3 x 2
     assert all(budgets[m] == 48 for m in ("lora", "adaptformer", "rand_h_adapter", "fact_tk"))
+
+
+def test_a_methods_own_grid_needs_grid_values(base, tmp_path, capsys):
+    study = {**base, "search": {**base["search"], "num_samples_by_method": {"lora": "grid"}}}
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(study))
+    assert main(["run", str(study_file), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spaces.lora.lr:" in err[0] and "grid search needs grid/choice" in err[0], err
+    assert not (tmp_path / "out").exists()
