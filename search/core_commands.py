@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import yaml
 
 from .errors import RunFailed
+from .study_folder import check_writable
 
 
 def register(sub) -> None:
@@ -40,17 +40,6 @@ def register(sub) -> None:
 
     p = sub.add_parser("schema", help="the study file's JSON schema (for an editor's YAML language server)")
     p.set_defaults(func=schema)
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """Refuse, before any work and without creating anything, a folder that could not be
-    written: the nearest part of its path that exists must be a writable folder."""
-    folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{what} {folder}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {folder}: {existing} is not writable")
 
 
 def _format_grid(grid: dict) -> str:

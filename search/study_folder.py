@@ -123,6 +123,17 @@ def trial_finished(study_dir: str | Path, trial_id: str) -> bool:
     return bool(rows) and rows[0][0] in DONE
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, before any work and without creating anything, a folder that could not be
+    written: the nearest part of its path that exists must be a writable folder."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder}: {existing} is not writable")
+
+
 def load_study_dir(study_dir: Path, check_data: bool = False):
     """(Study, tracking URI) of a study folder; a clear error when it is not one. Its data and
     weights are checked only for what trains again (``check_data``: resume), not to read it."""

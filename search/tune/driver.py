@@ -8,11 +8,10 @@ from pathlib import Path
 import yaml
 
 from ..cluster.storage import check_shared_storage
-from ..core_commands import check_writable
 from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study, portable_mapping
-from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, load_study_dir,
-                            read_cells, trial_folder_name, tune_dir)
+from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, check_writable,
+                            load_study_dir, read_cells, trial_folder_name, tune_dir)
 from .scheduler import CellASHA
 from .searcher import StudySearcher
 from .status import totals
