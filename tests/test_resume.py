@@ -96,7 +96,8 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
         history = client.get_metric_history(run_of(trial_id).info.run_id, "val_top1")
         assert len(history) == history_before[trial_id]
     for trial_id, record in interrupted.items():  # continued from its checkpoint, not from scratch
-        assert after[trial_id]["status"] == "completed" and after[trial_id]["epochs"] == EPOCHS
+        assert (after[trial_id]["status"], after[trial_id]["epochs"]) == ("completed", EPOCHS), \
+            after[trial_id]["error"]
         results = [json.loads(line) for line in
                    (study_dir / "ray" / "tune" / f"trial_{trial_id}" / "result.json").read_text().splitlines()]
         restarts = [r["epoch"] for r in results if r["iterations_since_restore"] == 1]
@@ -107,3 +108,19 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
         params = json.loads((study_dir / "ray" / "tune" / f"trial_{trial_id}" / "params.json").read_text())
         uninterrupted = train(TrainConfig(**params["train"]))
         assert after[trial_id]["value"] == pytest.approx(uninterrupted.metrics["val_top1"], abs=1e-9)
+
+
+def test_a_checkpoint_deleted_before_tunes_snapshot_resumes_from_the_next(tmp_path):
+    """Killed between Tune deleting checkpoint 2 (registering 3) and its next snapshot: the
+    snapshot names checkpoint 2; the trial continues from 3, not from 4 (result not recorded)."""
+    from ray import tune
+    from search.tune.trainable import checkpoint_to_resume
+    for index in (3, 4):
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+    present = tune.Checkpoint(str(tmp_path / "checkpoint_000003"))
+    assert checkpoint_to_resume(present).path == present.path
+    assert checkpoint_to_resume(tune.Checkpoint(str(tmp_path / "checkpoint_000002"))).path == \
+        str(tmp_path / "checkpoint_000003")
+    with pytest.raises(FileNotFoundError, match="checkpoint_000005 is gone"):
+        checkpoint_to_resume(tune.Checkpoint(str(tmp_path / "checkpoint_000005")))
+    assert checkpoint_to_resume(None) is None

@@ -5,11 +5,13 @@ It reports every evaluation (with a checkpoint) through ``tune.report`` and resu
 """
 from __future__ import annotations
 
+import posixpath
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -17,6 +19,29 @@ from ray import tune
 from peft_core.train import TrainConfig, TrainingDiverged, train
 
 from ..study_folder import trial_finished
+
+
+def checkpoint_to_resume(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
+    """The checkpoint Tune recorded for this trial, or the one registered after it.
+
+    With ``num_to_keep=1`` Tune deletes a trial's previous checkpoint as it registers the next,
+    and records the new one only at its next experiment snapshot (about a second later). A
+    driver killed in between leaves a snapshot naming a deleted folder. The searcher and the
+    tracker record a result before Tune registers its checkpoint, so the oldest checkpoint
+    after the recorded one is the newest whose result is already recorded: continue from it.
+    """
+    if checkpoint is None:
+        return None
+    fs = checkpoint.filesystem
+    if fs.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound:
+        return checkpoint
+    parent, name = posixpath.split(checkpoint.path)
+    later = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(parent))
+                   if info.base_name.startswith("checkpoint_") and info.base_name > name)
+    if not later:
+        raise FileNotFoundError(f"checkpoint {checkpoint.path} is gone and no later one exists")
+    return tune.Checkpoint(posixpath.join(parent, later[0]), filesystem=fs)
+
 
 def run_trial(config: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
@@ -26,7 +51,7 @@ def run_trial(config: dict) -> None:
     train_config = TrainConfig(**config["train"])
     start = time.time()
     resume_dir = None
-    checkpoint = tune.get_checkpoint()
+    checkpoint = checkpoint_to_resume(tune.get_checkpoint())
     if checkpoint is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="peft-resume-"))
         with checkpoint.as_directory() as folder:
