@@ -14,6 +14,7 @@ from pathlib import Path
 STUDY, CELL, DATASET, METHOD, BACKBONE, PHASE, TRIAL_ID = (
     "study", "cell", "dataset", "method", "backbone", "phase", "trial_id")
 STATE = "state"  # completed | pruned | failed, set when a trial ends
+NOTE = "note"  # why a finished run lacks a metric (a replayed final run of an unreleased point)
 PARENT = "mlflow.parentRunId"
 # Values of the ``phase`` tag.
 PHASE_CELL, PHASE_TUNE, PHASE_FINAL = "cell", "tune", "final"

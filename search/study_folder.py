@@ -2,7 +2,7 @@
 study back from it. Shared by the tuning service, the report, export and the cluster commands.
 
 ``search_state.db`` (the searcher: every trial, its cell, phase, params, status, value; a
-summary row per cell) and ``asha_state.json`` (each cell's rung records) are the resume and
+summary row per cell; each cell's ASHA rung records; the MLflow run ids) is the resume and
 status source of truth; ``study.yaml`` is the study as it started (includes merged, paths
 absolute: frozen), ``source.txt`` the file it came from, ``tracking_uri.txt`` where its MLflow
 runs are.
@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 SEARCH_STATE = "search_state.db"
-ASHA_STATE = "asha_state.json"
 STUDY_COPY = "study.yaml"
 SOURCE = "source.txt"
 TRACKING_URI = "tracking_uri.txt"
-MLFLOW_RUNS = "mlflow_runs.json"  # MLflow run id of every cell and trial
 # A trial's status in SEARCH_STATE: running, then its outcome (search/tune/outcome.py decides it).
 RUNNING, COMPLETED, EARLY_STOPPED, PRUNED, FAILED = "running", "completed", "early_stopped", "pruned", "failed"
 DONE = (COMPLETED, EARLY_STOPPED, PRUNED, FAILED)
@@ -70,6 +68,16 @@ CREATE TABLE IF NOT EXISTS cells (
     cell TEXT PRIMARY KEY,
     summary TEXT NOT NULL  -- JSON: counts, status, best, budget, the cell's grid position and re-queue
 );
+CREATE TABLE IF NOT EXISTS asha_rungs (  -- a trial's value when it reached a rung of its cell
+    cell TEXT NOT NULL, milestone INTEGER NOT NULL, trial_id TEXT NOT NULL,
+    value REAL,  -- NULL: NaN
+    stopped INTEGER NOT NULL,  -- 1: ASHA stopped the trial here
+    PRIMARY KEY (cell, milestone, trial_id)
+);
+CREATE TABLE IF NOT EXISTS mlflow_runs (  -- where the tracker logs: the experiment, each cell and trial
+    kind TEXT NOT NULL, name TEXT NOT NULL, run_id TEXT NOT NULL,  -- experiment | cell | trial
+    PRIMARY KEY (kind, name)
+);
 """
 
 
@@ -112,9 +120,36 @@ def read_trials(study_dir: str | Path) -> dict[str, dict]:
             _query(study_dir, "SELECT trial_id, record FROM trials ORDER BY rowid")}
 
 
+def read_trial_ids(study_dir: str | Path) -> set[str]:
+    return {trial_id for (trial_id,) in _query(study_dir, "SELECT trial_id FROM trials")}
+
+
 def read_cells(study_dir: str | Path) -> dict[str, dict]:
     """Each started cell's summary row (what status shows), by cell id."""
     return {cell: json.loads(summary) for cell, summary in _query(study_dir, "SELECT cell, summary FROM cells")}
+
+
+def read_asha(study_dir: str | Path) -> dict:
+    """{"rungs": {cell: {milestone (str): {trial id: value}}}, "stopped": [trial ids]}."""
+    rungs: dict = {}
+    stopped = []
+    for cell, milestone, trial_id, value, was_stopped in _query(
+            study_dir, "SELECT cell, milestone, trial_id, value, stopped FROM asha_rungs ORDER BY rowid"):
+        rungs.setdefault(cell, {}).setdefault(str(milestone), {})[trial_id] = float("nan") if value is None else value
+        if was_stopped:
+            stopped.append(trial_id)
+    return {"rungs": rungs, "stopped": stopped}
+
+
+def read_mlflow_runs(study_dir: str | Path) -> dict:
+    """{"experiment_id": id or None, "cells": {cell: run id}, "trials": {trial id: run id}}."""
+    runs: dict = {"experiment_id": None, "cells": {}, "trials": {}}
+    for kind, name, run_id in _query(study_dir, "SELECT kind, name, run_id FROM mlflow_runs"):
+        if kind == "experiment":
+            runs["experiment_id"] = run_id
+        else:
+            runs[f"{kind}s"][name] = run_id
+    return runs
 
 
 def trial_finished(study_dir: str | Path, trial_id: str) -> bool:

@@ -74,3 +74,58 @@ def test_duplicates_are_counted_for_every_sampler():
     for trial_id, lr in (("a", 0.01), ("b", 0.001), ("c", 0.01)):
         book.add(TrialRecord(trial_id, "digits/lora", "tune", {"lr": lr}, None, None, EPOCHS))
     assert book.duplicates == 1
+
+
+def test_a_cells_optuna_history_is_rebuilt_from_the_store_after_a_crash(tmp_path):
+    """TPE on a 12-point grid; then a new searcher on the same folder (the driver restarted):
+    the cell's Optuna study holds the same trials under the same numbers, running ones open."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "name": "tpe-books", "backbone": "tiny_vit_b16_in21k", "data_root": str(tmp_path),
+        "datasets": ["digits"], "methods": ["lora"],
+        "train": {"epoch": EPOCHS, "warmup_epoch": 0, "pretrained": False},
+        "spaces": {"lora": {"lr": {"grid": [0.001, 0.01, 0.1]}, "lora_bottleneck": {"grid": [1, 4, 8, 16]}}},
+        "search": {"sampler": "tpe", "num_samples": 10}}))
+    study = load_study(tmp_path / "study.yaml", check_data=False)
+    (tmp_path / "study_dir").mkdir()
+    searcher = StudySearcher(study, tmp_path / "study_dir")
+    for i in range(9):
+        config = searcher.suggest(f"t{i}")
+        if i < 7:
+            finish(searcher, f"t{i}", 10.0 * config["params"]["lora_bottleneck"] + i,
+                   epochs=EPOCHS if i != 3 else 1)  # t3 pruned
+    searcher.on_trial_result("t7", {"epoch": 1, "val_top1": 33.0})  # t7, t8 running at the crash
+    cell = Cell("digits", "lora")
+
+    def history(s):
+        return [(t.number, t.state.name, t.params, t.value, dict(t.intermediate_values))
+                for t in s._sampler(cell).study.get_trials(deepcopy=False)]
+
+    before = history(searcher)
+    restarted = StudySearcher(study, tmp_path / "study_dir")
+    after = history(restarted)
+    assert [(n, state, params, value) for n, state, params, value, _ in after if state != "FAIL"] == \
+        [(n, state, params, value) for n, state, params, value, _ in before if state != "FAIL"]
+    assert [n for n, *_ in after] == list(range(len(before)))
+    assert [state for _, state, *_ in after].count("RUNNING") == 2
+    assert after[[n for n, _, p, *_ in before if p == searcher.records["t7"].params][0]][4] == {1: 33.0}
+    finish(restarted, "t7", 50.0)  # the rebuilt trial is told as any other
+    assert history(restarted)[restarted.records["t7"].number][1] == "COMPLETE"
+
+
+def test_a_point_handed_out_again_after_a_crash_is_no_duplicate(tmp_path):
+    """Two trials running when the driver died, unknown to Tune's last snapshot: their points go
+    out again, and nothing counts as run twice."""
+    import json
+    searcher = searcher_for(tmp_path)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    finish(searcher, "t0", 50.0)
+    snapshot = tmp_path / "tune"
+    snapshot.mkdir()
+    (snapshot / "experiment_state-2026-12-02.json").write_text(json.dumps({"trial_data": []}))
+    restarted = StudySearcher(searcher.study, searcher.study_dir)
+    restarted.restore(str(snapshot / "searcher-state.json"))
+    assert set(read_trials(restarted.study_dir)) == {"t0"}
+    again = sorted(restarted.suggest(f"u{i}")["params"]["lr"] for i in range(2))
+    assert again == GRID[1:]
+    assert summarize(restarted.study_dir)["duplicate_trials"] == 0

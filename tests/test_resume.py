@@ -1,9 +1,5 @@
 """SIGKILL the driver mid-study, resume, and check by trial id that nothing was rerun or lost."""
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,27 +10,9 @@ from peft_core.train import TrainConfig, train
 from search.tune.status import summarize
 from search.study_folder import read_trials
 
+from .processes import cli, kill_group
+
 EPOCHS = 6
-
-
-def cli(*args, **popen):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env,
-                            start_new_session=True, **popen)
-
-
-def state(study_dir):
-    return read_trials(study_dir)
-
-
-def kill_group(proc):
-    """The driver is SIGKILLed (the crash); then whatever it started is stopped by its group id."""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab, mlflow_server):
@@ -52,7 +30,7 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
     deadline = time.time() + 300
     try:
         while True:  # kill once a trial is done and another is part-way with a checkpoint
-            trials = state(study_dir).values()
+            trials = read_trials(study_dir).values()
             done = [t for t in trials if t["status"] == "completed"]
             midway = [t for t in trials if t["status"] == "running" and 2 <= t["epochs"] < EPOCHS - 1]
             if done and midway:
@@ -62,7 +40,7 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
             time.sleep(0.1)
     finally:
         kill_group(driver)
-    before = json.loads(json.dumps(state(study_dir)))
+    before = json.loads(json.dumps(read_trials(study_dir)))
     finished_before = {k: v for k, v in before.items() if v["status"] == "completed"}
     interrupted = {k: v for k, v in before.items() if v["status"] == "running" and v["epochs"] >= 2}
     client = MlflowClient(mlflow_server)
@@ -80,11 +58,8 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
     try:
         assert resumed.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        try:
-            os.killpg(resumed.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    after = state(study_dir)
+        kill_group(resumed)
+    after = read_trials(study_dir)
     summary = summarize(study_dir)
     assert summary["cells_done"] == 1 and summary["trials_running"] == 0
     assert summary["duplicate_trials"] == 0

@@ -10,7 +10,7 @@ from search.tune.driver import run_study
 from search.tune.status import summarize
 from search.models.export import export_study
 from search.space import grid_points
-from search.study_folder import ASHA_STATE, read_json, read_trials
+from search.study_folder import read_asha, read_trials
 from search.study import load_study
 
 EPOCHS = 3
@@ -70,7 +70,7 @@ def test_grid_runs_each_point_exactly_once(finished):
 
 def test_asha_stops_weak_trials_within_their_cell(finished):
     study, study_dir, _ = finished
-    rungs = read_json(study_dir / ASHA_STATE)
+    rungs = read_asha(study_dir)
     pruned = [t for t in trials(study_dir) if t["status"] == "pruned"]
     assert pruned, "ASHA stopped nothing"
     assert set(rungs["stopped"]) == {t["trial_id"] for t in pruned}
@@ -91,6 +91,8 @@ def test_nan_trial_fails_and_its_cell_completes(finished):
     runs = client.search_runs([client.get_experiment_by_name("it-study").experiment_id],
                               filter_string=f"tags.trial_id = '{diverged[0]['trial_id']}'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert diverged[0]["error"].startswith("TrainingDiverged")  # reported once, never retried
+    assert runs[0].data.tags["trial_error"] == diverged[0]["error"]
 
 
 def test_mlflow_tree_matches_the_spec(finished):

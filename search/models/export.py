@@ -11,7 +11,7 @@ import peft_core
 from peft_core.checkpoint import adapter_from_checkpoint, load_adapter
 from peft_core.train import TrainConfig, build_model
 
-from ..study_folder import COMPLETED, MLFLOW_RUNS, SEARCH_STATE, read_json, read_trials
+from ..study_folder import COMPLETED, SEARCH_STATE, read_mlflow_runs, read_trials
 from ..study import StudyError
 
 
@@ -55,7 +55,7 @@ def export_study(study_dir: Path, out: Path) -> dict[str, dict]:
 
 def _mlflow_run(study_dir: Path, trial_id: str) -> dict:
     """Where the trial's final run lives, so ``evaluate --export`` logs under it."""
-    runs = read_json(Path(study_dir) / MLFLOW_RUNS) or {"trials": {}}
+    runs = read_mlflow_runs(study_dir)
     uri = Path(study_dir) / "tracking_uri.txt"
     return {"run_id": runs["trials"].get(trial_id), "tracking_uri": uri.read_text().strip() if uri.is_file() else None}
 

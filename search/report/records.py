@@ -14,7 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from peft_core.registry import role_of
-from ..mlflow_layout import DATASET, METHOD, PHASE, PHASE_CELL, PHASE_FINAL, PHASES, STATE
+from ..mlflow_layout import DATASET, METHOD, NOTE, PHASE, PHASE_CELL, PHASE_FINAL, PHASES, STATE
 from .datasets import dataset_key, manyshot_split, vtab_group
 
 Cell = tuple[str, str]  # (dataset, method)
@@ -41,6 +41,7 @@ class RunRecord:
     metrics: dict[str, float]  # the latest value of each metric
     params: dict[str, str]
     histories: dict[str, tuple[tuple[int, float], ...]]  # (step, value) of each HISTORY_PREFIX metric
+    note: str | None = None  # why the run lacks a metric it should have (the ``note`` tag)
 
     @property
     def cell(self) -> Cell:
@@ -128,7 +129,7 @@ def _record(client: MlflowClient, run: Run, phase: str) -> RunRecord:
         dataset=dataset, vtab_group=vtab_group(dataset),
         manyshot_base=split[0] if split else None, manyshot_size=split[1] if split else None,
         method=tags[METHOD], role=role_of(tags[METHOD]), seed=_seed(params),
-        metrics=metrics, params=params, histories=histories)
+        metrics=metrics, params=params, histories=histories, note=tags.get(NOTE))
 
 
 def _seed(params: dict[str, str]) -> int | None:

@@ -26,11 +26,16 @@ def _scores(finals: list[RunRecord], metric: str, row: str = "method", column: s
     return pivot(finals, row, column, lambda runs: score(values(runs, metric)))
 
 
-def _noted(table: Table, value, what: str):
-    """``value``; when it is missing, noted so in the table's missing list."""
+def _noted(table: Table, value, what: str, why: str | None = None):
+    """``value``; when it is missing, noted so (and why, when a run said) in the table's missing list."""
     if value is None:
-        table.missing.append(f"{table.name}: {what}")
+        table.missing.append(f"{table.name}: {what}" + (f" ({why})" if why else ""))
     return value
+
+
+def _notes(finals: list[RunRecord], row: str = "method", column: str = "dataset") -> dict:
+    """{(row, column): the first note of the final runs sharing both}."""
+    return pivot(finals, row, column, lambda runs: next((r.note for r in runs if r.note), None))
 
 
 def _mean_params(finals: list[RunRecord], datasets: list[str]) -> dict[str, int]:
@@ -47,11 +52,12 @@ def _mean_params(finals: list[RunRecord], datasets: list[str]) -> dict[str, int]
 def _method_rows(study: StudyRecords, table: Table, datasets: list[str]) -> list[dict]:
     """A row per method run on ``datasets``: test top-1 on each and the mean inserted parameters."""
     finals = study.finished_finals()
-    top1, params = _scores(finals, "test_top1"), _mean_params(finals, datasets)
+    top1, params, notes = _scores(finals, "test_top1"), _mean_params(finals, datasets), _notes(finals)
     rows = []
     for method in sorted({r.method for r in study.records if r.dataset in datasets}):
         row: dict = {"method": method, "params": params.get(method)}
-        row.update({d: _noted(table, top1.get((method, d)), f"{d}/{method}") for d in datasets})
+        row.update({d: _noted(table, top1.get((method, d)), f"{d}/{method}", notes.get((method, d)))
+                    for d in datasets})
         rows.append(row)
     return rows
 

@@ -17,6 +17,14 @@ def register(sub) -> None:
     p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
     p.set_defaults(func=resume)
 
+    p = sub.add_parser("simulate", help="run a study on the study's released results instead of training")
+    p.add_argument("study", type=Path, metavar="STUDY.yaml")
+    p.add_argument("--replay", type=Path, required=True, metavar="TUNE_OUTPUT",
+                   help="a PETL_Vision tune_output tree (<experiment>/<dataset>/<task>/<method>/)")
+    p.add_argument("--trial-seconds", type=float, default=0.0, metavar="S", help="simulated duration of a trial")
+    p.add_argument("--out", type=Path, help="study folder (default: runs/<name>)")
+    p.set_defaults(func=simulate)
+
     p = sub.add_parser("status", help="cells, trials running/done/pruned/failed, best per cell, budget")
     p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
     p.add_argument("--json", action="store_true")
@@ -29,6 +37,12 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from .driver import run_study
     return _finished(run_study(args.study, args.out))
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from .driver import run_study
+    from .replay import Replay
+    return _finished(run_study(args.study, args.out, Replay.load(args.replay, args.trial_seconds)))
 
 
 def resume(args: argparse.Namespace) -> int:

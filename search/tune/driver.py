@@ -12,17 +12,23 @@ from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study, portable_mapping
 from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, check_writable,
                             load_study_dir, read_cells, trial_folder_name, tune_dir)
+from .replay import ASHA_NOTE, Replay, replay_trial
 from .scheduler import CellASHA
 from .searcher import StudySearcher
 from .status import totals
 from .tracking import StudyTracker
 
-# Tune snapshots its experiment state at most this often (seconds); our own state is per event.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+# Tune's experiment snapshot writes every trial, so its period stays Ray's "auto" (>= 10 s, under
+# 5 % of the driver's time); it is also taken at every trial checkpoint (num_to_keep=1). Our own
+# search state is written per event, and restore() forgets trials the snapshot never saw.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Final runs report test metrics, not the tuning metric.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Tune's default loggers add TensorBoard and CSV files (and a writer thread) per trial; MLflow
+# holds the metrics, and result.json (JsonLoggerCallback, below) the trial's own record.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 def trial_dirname(trial) -> str:
@@ -65,25 +71,32 @@ def _ray_init() -> None:
                  configure_logging=True)
 
 
-def _trainable(study: Study):
+def _trainable(study: Study, replay: Replay | None):
     from ray import tune
-
+    if replay is not None:  # a lookup: one CPU, whatever the study asks for training
+        trainable = tune.with_parameters(replay_trial, replay=replay, seeds=list(study.final.seeds))
+        return tune.with_resources(trainable, {"cpu": 1})
     from .trainable import run_trial
     return tune.with_resources(run_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
 
 
 def _run_config(study: Study, study_dir: Path, uri: str):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     return tune.RunConfig(
         name=TUNE_EXPERIMENT, storage_path=str(tune_dir(study_dir).parent.resolve()), verbose=0,
-        callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir, len(study.cells()))],
+        callbacks=[StudyTracker(study, study_dir, uri), _progress_callback(study_dir, len(study.cells())),
+                   JsonLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
 
 
-def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
-    """Validate everything (study, folder, tracking server) before writing anything."""
-    study = load_study(study_file)
+def prepare(study_file: Path, out: Path | None, replay: Replay | None = None) -> tuple[Study, Path, str]:
+    """Validate everything (study, folder, tracking server; a replay's released points) before
+    writing anything. A replay needs neither data nor weights."""
+    study = load_study(study_file, check_data=replay is None)
+    if replay is not None:
+        replay.check(study)
     study_dir = Path(out or study.storage_path or Path("runs") / study.name).resolve()
     if (study_dir / SEARCH_STATE).exists():
         raise StudyError(f"{study_dir} already holds a study; use `peft-search resume {study_dir}`")
@@ -95,8 +108,9 @@ def prepare(study_file: Path, out: Path | None) -> tuple[Study, Path, str]:
     return study, study_dir, uri
 
 
-def run_study(study_file: Path, out: Path | None = None) -> Path:
-    study, study_dir, uri = prepare(study_file, out)
+def run_study(study_file: Path, out: Path | None = None, replay: Replay | None = None) -> Path:
+    """Run a study; with ``replay``, on released results instead of training (``simulate``)."""
+    study, study_dir, uri = prepare(study_file, out, replay)
     from ray import tune
     created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -113,8 +127,11 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
     (study_dir / STUDY_COPY).write_text(yaml.safe_dump(portable_mapping(study.source), sort_keys=False))
     (study_dir / SOURCE).write_text(str(study.source))
     (study_dir / TRACKING_URI).write_text(uri)
+    if replay is not None:
+        replay.save(study_dir)
+        _replay_notice(study)
     tuner = tune.Tuner(
-        _trainable(study),
+        _trainable(study, replay),
         tune_config=tune.TuneConfig(search_alg=StudySearcher(study, study_dir),
                                     scheduler=CellASHA(study, study_dir), num_samples=-1,
                                     max_concurrent_trials=study.search.max_concurrent,
@@ -124,16 +141,24 @@ def run_study(study_file: Path, out: Path | None = None) -> Path:
     return study_dir
 
 
+def _replay_notice(study: Study) -> None:
+    print("[peft-search] replaying released results; no training"
+          + (f"; {ASHA_NOTE}" if study.search.asha is not None else ""), file=sys.stderr, flush=True)
+
+
 def resume_study(study_dir: Path) -> Path:
     """Continue after a crash: finished trials stay finished, unfinished ones continue from
     their last checkpoint, each cell keeps its Optuna history and ASHA rungs."""
     from ray import tune
     study_dir = Path(study_dir).resolve()
-    study, uri = load_study_dir(study_dir, check_data=True)
+    replay = Replay.of_study_dir(study_dir)
+    study, uri = load_study_dir(study_dir, check_data=replay is None)
     check_tracking_server(uri)
     _ray_init()
     check_shared_storage(study_dir)
-    tuner = tune.Tuner.restore(str(tune_dir(study_dir)), trainable=_trainable(study),
+    if replay is not None:
+        _replay_notice(study)
+    tuner = tune.Tuner.restore(str(tune_dir(study_dir)), trainable=_trainable(study, replay),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
     tuner.fit()
     return study_dir

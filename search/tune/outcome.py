@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ..study_folder import COMPLETED, EARLY_STOPPED, FAILED, PRUNED
 
+# The result key of a trial's own error (one line): reported, not raised, so it is never retried.
+TRIAL_ERROR = "trial_error"
 # Outcomes whose value a cell may select: the trial trained to the end of its own schedule.
 SELECTABLE = (COMPLETED, EARLY_STOPPED)
 # MLflow's terminal run status per outcome (an ASHA stop is KILLED, as in the MLflow layout).
@@ -12,7 +14,8 @@ MLFLOW_STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "FINISHED", PRUNED: "KILL
 
 
 def decide(*, error: bool, epochs: int, planned_epochs: int, early_stopped: bool) -> str:
-    """``error``: the trial raised or its loss diverged; ``early_stopped``: training's own
+    """``error``: the trial reported its own error (a bad value, a missing file, a diverged
+    loss) or Tune gave up on it; ``early_stopped``: training's own
     patience ended it (the trial reports so); fewer epochs than planned otherwise means the
     scheduler stopped it."""
     if error:

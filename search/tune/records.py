@@ -72,7 +72,7 @@ class CellBook:
         self.started[record.phase] += 1
         if record.phase == "tune":  # any sampler: a point run twice is a wasted trial
             key = point_key(record.params)
-            self.duplicates += key in self._points
+            self.duplicates += self._points.get(key, 0) > 0  # a forgotten trial leaves its point at 0
             self._points[key] = self._points.get(key, 0) + 1
         self._counted[record.trial_id] = (0, 0.0)
         self.progress(record)

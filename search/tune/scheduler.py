@@ -1,7 +1,7 @@
 """ASHA per cell: trials of different cells never compete; milestones are epochs.
 
-The rung records are a small JSON structure saved in the study folder on every change, so a
-resumed driver keeps them (Tune does not checkpoint its scheduler).
+The rung records are kept in memory and written to the search state one row per trial and rung
+reached, so a resumed driver keeps them (Tune does not checkpoint its scheduler).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from ..study_folder import ASHA_STATE, read_json, write_json
+from ..study_folder import read_asha
 from ..study import Study
+from .store import SearchStore
 
 
 class CellASHA(FIFOScheduler):
@@ -21,20 +22,28 @@ class CellASHA(FIFOScheduler):
         self.milestones = study.milestones()
         self.rf = study.search.asha.reduction_factor if study.search.asha else 2
         self.metric_key = study.search.metric
-        self.path = Path(study_dir) / ASHA_STATE
+        self.study_dir = Path(study_dir)
         self.rungs: dict[str, dict[str, dict[str, float]]] | None = None  # cell -> rung -> trial -> value
         self.stopped: list[str] = []
+        self._store: SearchStore | None = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_store"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._store = None
 
     def _load(self) -> None:
         if self.rungs is None:
-            saved = read_json(self.path, {})
-            self.rungs, self.stopped = saved.get("rungs", {}), saved.get("stopped", [])
+            saved = read_asha(self.study_dir)
+            self.rungs, self.stopped = saved["rungs"], saved["stopped"]
+            self._store = SearchStore(self.study_dir)
 
     def decide(self, cell: str, trial_id: str, epoch: int, value: float) -> str:
         """Record ``value`` at every rung ``epoch`` reached; STOP below the top 1/rf of a rung."""
         self._load()
         action = TrialScheduler.CONTINUE
-        changed = False
         for milestone in sorted(self.milestones, reverse=True):
             if epoch < milestone:
                 continue
@@ -46,13 +55,10 @@ class CellASHA(FIFOScheduler):
             cutoff = np.percentile(values, (1 - 1 / self.rf) * 100) if values else None
             if cutoff is not None and (math.isnan(value) or value < cutoff):
                 action = TrialScheduler.STOP
+                self.stopped.append(trial_id)
             rung[trial_id] = value
-            changed = True
+            self._store.save_rung(cell, milestone, trial_id, value, action == TrialScheduler.STOP)
             break
-        if action == TrialScheduler.STOP:
-            self.stopped.append(trial_id)
-        if changed:
-            write_json(self.path, {"rungs": self.rungs, "stopped": self.stopped})
         return action
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

@@ -1,7 +1,8 @@
 """One Ray Tune searcher for a whole study; one Optuna sampler per cell inside it.
 
 Cells share the experiment (so the cluster stays full) but never share a sampler: each cell has
-its own Optuna study (sqlite in the study folder, so its history survives a crash). ``grid``
+its own Optuna study, in memory; after a crash it is rebuilt from the search state, which holds
+every trial's point, outcome and value (one store, one write per event). ``grid``
 hands out each point of a cell's paper grid exactly once, however many trials run at once.
 When a cell's tuning ends, its final run(s) are suggested like any other trial.
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import optuna
 from ray.tune.search import Searcher
 
-from .outcome import decide
+from .outcome import TRIAL_ERROR, decide
 from .records import CellBook, TrialRecord
 from .sampling import CellSampler, make_sampler, warm_limit, warm_start_points
 from .store import SearchStore
@@ -42,6 +43,25 @@ def tune_trial_ids(experiment_dir: Path) -> set[str]:
         return set()
     trial_data = json.loads(snapshots[-1].read_text())["trial_data"]
     return {json.loads(trial_state)["trial_id"] for trial_state, _ in trial_data}
+
+
+def _rebuild_history(optuna_study: optuna.Study, distributions: dict, records: list[TrialRecord]) -> None:
+    """A cell's Optuna trials from its records, under the same numbers; numbers no record holds
+    (proposals closed as repeats, see ``sampling.py``) come back as failed trials."""
+    by_number = {r.number: r for r in records}
+    for number in range(max(by_number, default=-1) + 1):
+        record = by_number.get(number)
+        if record is None:
+            optuna_study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+            continue
+        state = OPTUNA_STATE.get(record.status, optuna.trial.TrialState.RUNNING)
+        if state == optuna.trial.TrialState.COMPLETE and record.value is None:
+            state = optuna.trial.TrialState.FAIL  # finished without the metric: nothing to learn from
+        complete = state == optuna.trial.TrialState.COMPLETE
+        optuna_study.add_trial(optuna.trial.create_trial(  # a pruned trial's value: its last report, as tell gives it
+            params=record.params, distributions={k: distributions[k] for k in record.params}, state=state,
+            value=record.value if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) else None,
+            intermediate_values={} if complete or record.value is None else {record.epochs: record.value}))
 
 
 class StudySearcher(Searcher):
@@ -140,10 +160,12 @@ class StudySearcher(Searcher):
             seed = self.study.search.seed + self._position[cell.id]
             space = self.study.space(cell.method)
             optuna_study = optuna.create_study(
-                storage=f"sqlite:///{self.study_dir / 'optuna.db'}", study_name=cell.id,
-                direction="maximize", load_if_exists=True,
+                direction="maximize",
                 sampler=make_sampler(self.study.search.sampler, seed, len(grid_points(space)) or None))
-            self._samplers[cell.id] = CellSampler(optuna_study, space, seed)
+            sampler = CellSampler(optuna_study, space, seed)
+            _rebuild_history(optuna_study, sampler.distributions,
+                             [r for r in self.records.values() if r.cell == cell.id and r.number is not None])
+            self._samplers[cell.id] = sampler
         return self._samplers[cell.id]
 
     def _sampler_study(self, cell: Cell) -> optuna.Study:
@@ -229,8 +251,8 @@ class StudySearcher(Searcher):
             record.started_at = result["started_at"]  # the first attempt's start
         if result.get("node_id") and result["node_id"] not in record.nodes:
             record.nodes.append(result["node_id"])
-        if result.get("diverged"):
-            record.error = result["diverged"]
+        if result.get(TRIAL_ERROR):
+            record.error = result[TRIAL_ERROR]
         record.early_stopped = record.early_stopped or bool(result.get("early_stopped"))
         record.seconds = float(result.get("trial_seconds", record.seconds))
         record.metrics.update({k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_"))

@@ -15,8 +15,8 @@ from .records import CellBook
 
 
 def first_error(study_dir: Path, failed: dict) -> str:
-    """A failed trial's error in one line: its own (a diverged loss), else the last line of the
-    traceback Ray Tune kept in the trial's folder."""
+    """A failed trial's error in one line: the one it reported (a bad value, a missing file, a
+    diverged loss), else the last line of the traceback Ray Tune kept in the trial's folder."""
     if failed.get("error"):
         return failed["error"]
     error_file = tune_dir(study_dir) / trial_folder_name(failed["trial_id"]) / "error.txt"

@@ -1,11 +1,13 @@
-"""The searcher's writes to the search state (``search.study_folder``: schema and readers).
+"""The driver's writes to the search state (``search.study_folder``: schema and readers).
 
-One transaction per event: the trial's row and its cell's row, so the store is never ahead of
-itself for one and behind for the other.
+The searcher writes one transaction per event: the trial's row and its cell's row, so the store
+is never ahead of itself for one and behind for the other. The ASHA scheduler writes a row when
+a trial reaches a rung; the MLflow tracker the run id of each run it opens.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..study_folder import connect_state
@@ -25,6 +27,18 @@ class SearchStore:
         with self.conn:
             self.conn.execute("DELETE FROM trials WHERE trial_id = ?", (record.trial_id,))
             self._upsert_cell(record.cell, cell_summary)
+
+    def save_rung(self, cell: str, milestone: int, trial_id: str, value: float, stopped: bool) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO asha_rungs (cell, milestone, trial_id, value, stopped) "
+                              "VALUES (?, ?, ?, ?, ?)",
+                              (cell, milestone, trial_id, None if math.isnan(value) else value, int(stopped)))
+
+    def save_mlflow_run(self, kind: str, name: str, run_id: str) -> None:
+        """Where the tracker logs ``kind`` (experiment, cell, trial) ``name``."""
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO mlflow_runs (kind, name, run_id) VALUES (?, ?, ?)",
+                              (kind, name, run_id))
 
     def _upsert(self, record: TrialRecord) -> None:
         self.conn.execute(

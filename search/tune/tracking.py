@@ -2,7 +2,7 @@
 
 One experiment per study; one parent run per cell (``phase=cell``); one child run per trial
 (``phase=tune`` or ``phase=final``) with per-epoch metrics, the resolved config and, for final
-runs, the adapter. Run ids are kept in the study folder so a resumed driver continues the same
+runs, the adapter. Run ids are kept in the search state so a resumed driver continues the same
 runs instead of opening new ones.
 """
 from __future__ import annotations
@@ -15,15 +15,17 @@ from pathlib import Path
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from peft_core.checkpoint import adapter_from_checkpoint
 
 from ..mlflow_layout import get_experiment_id
-from ..study_folder import FAILED, MLFLOW_RUNS, read_json, write_json
+from ..study_folder import FAILED, read_mlflow_runs, read_trial_ids
 from ..study import Cell, Study
-from .outcome import MLFLOW_STATUS, decide
+from .outcome import MLFLOW_STATUS, TRIAL_ERROR, decide
+from .store import SearchStore
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
                  "test_top1", "test_top5", "lr")
@@ -33,13 +35,16 @@ class StudyTracker(Callback):
     def __init__(self, study: Study, study_dir: Path, tracking_uri: str) -> None:
         self.study, self.study_dir, self.uri = study, Path(study_dir), tracking_uri
         self._client: MlflowClient | None = None
+        self._store: SearchStore | None = None
+        self.runs: dict = {"experiment_id": None, "cells": {}, "trials": {}}  # read at setup
+        self.open_runs: set[str] = set()
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_store")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._client = None
+        self._client, self._store = None, None
 
     # -- run bookkeeping ---------------------------------------------------------------------
     @property
@@ -48,31 +53,54 @@ class StudyTracker(Callback):
             self._client = MlflowClient(self.uri)
         return self._client
 
-    def _runs(self) -> dict:
-        return read_json(self.study_dir / MLFLOW_RUNS, {"experiment_id": None, "cells": {}, "trials": {}})
+    @property
+    def store(self) -> SearchStore:
+        if self._store is None:
+            self._store = SearchStore(self.study_dir)
+        return self._store
 
-    def _save_runs(self, runs: dict) -> None:
-        write_json(self.study_dir / MLFLOW_RUNS, runs)
+    def _remember(self, kind: str, name: str, run_id: str) -> None:
+        """Keep a run id in memory and in the search state (a resumed driver continues the run)."""
+        if kind == "experiment":
+            self.runs["experiment_id"] = run_id
+        else:
+            self.runs[f"{kind}s"][name] = run_id
+        self.store.save_mlflow_run(kind, name, run_id)
 
     def setup(self, **info) -> None:
-        runs = self._runs()
+        self.runs = read_mlflow_runs(self.study_dir)
         local_artifacts = None if self.uri.startswith(("http", "databricks")) else self.study_dir / "mlartifacts"
-        runs["experiment_id"] = get_experiment_id(self.client, self.study.experiment, local_artifacts)
+        self._remember("experiment", "", get_experiment_id(self.client, self.study.experiment, local_artifacts))
+        # Runs a trial may still finish: after a crash, those left running (one query, not one per trial).
+        self.open_runs = {run.info.run_id for run in self.client.search_runs(
+            [self.runs["experiment_id"]], "attributes.status = 'RUNNING'", max_results=50000)}
+        self._drop_forgotten_runs()
         for cell in self.study.cells():
-            if cell.id in runs["cells"]:
+            if cell.id in self.runs["cells"]:
                 continue
-            run = self.client.create_run(runs["experiment_id"], run_name=cell.id, tags={
+            run = self.client.create_run(self.runs["experiment_id"], run_name=cell.id, tags={
                 "study": self.study.name, "dataset": cell.dataset, "method": cell.method,
                 "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
-            runs["cells"][cell.id] = run.info.run_id
-        self._save_runs(runs)
+            self._remember("cell", cell.id, run.info.run_id)
+
+    def _drop_forgotten_runs(self) -> None:
+        """Runs of trials the searcher forgot on restore (started after Tune's last snapshot;
+        their points went out again as new trials) are deleted, so no point shows twice. Tune
+        restores the searcher before it sets callbacks up, so the search state is final here."""
+        known = read_trial_ids(self.study_dir)
+        for trial_id, run_id in list(self.runs["trials"].items()):
+            if trial_id not in known and run_id in self.open_runs:
+                self.client.set_terminated(run_id, "KILLED")
+                self.client.delete_run(run_id)
+                self.open_runs.discard(run_id)
 
     # -- Tune callback hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        runs = self._runs()
+        runs = self.runs
         config = trial.config
         if trial.trial_id in runs["trials"]:  # resumed: continue the same run
             self.client.update_run(runs["trials"][trial.trial_id], status="RUNNING")
+            self.open_runs.add(runs["trials"][trial.trial_id])
             return
         cell = config["cell"]
         parsed = Cell.parse(cell)
@@ -90,12 +118,13 @@ class StudyTracker(Callback):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(config["train"], sort_keys=True))
-            self.client.log_artifact(run_id, str(path))
-        runs["trials"][trial.trial_id] = run_id
-        self._save_runs(runs)
+            # The store of the run just created, without asking the tracking server for it again.
+            get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri).log_artifact(str(path))
+        self._remember("trial", trial.trial_id, run_id)
+        self.open_runs.add(run_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self._runs()["trials"].get(trial.trial_id)
+        run_id = self.runs["trials"].get(trial.trial_id)
         if run_id is None:
             return
         now, step = int(time.time() * 1000), int(result.get("epoch", 0))
@@ -109,21 +138,24 @@ class StudyTracker(Callback):
         self._finish(trial, error=True)
 
     def _finish(self, trial, error: bool) -> None:
-        runs = self._runs()
+        runs = self.runs
         run_id = runs["trials"].get(trial.trial_id)
-        if run_id is None or self.client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED"):
+        if run_id not in self.open_runs:
             return  # finished before a resume: nothing to add
         result = trial.last_result or {}
         config = trial.config
         epochs = int(result.get("epoch", 0))
-        state = decide(error=error or bool(result.get("diverged")), epochs=epochs,
+        state = decide(error=error or bool(result.get(TRIAL_ERROR)), epochs=epochs,
                        planned_epochs=config["train"]["epoch"], early_stopped=bool(result.get("early_stopped")))
         final_metrics = {"inserted_params": result.get("inserted_params"), "epochs_run": epochs,
                          "trial_seconds": result.get("trial_seconds")}
         now = int(time.time() * 1000)
+        tags = [RunTag("state", state)] + [RunTag(key, str(result[key])[:5000]) for key in ("note", TRIAL_ERROR)
+                                           if result.get(key)]
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epochs)
-                                               for k, v in final_metrics.items() if v is not None])
-        self.client.set_tag(run_id, "state", state)
+                                               for k, v in final_metrics.items() if v is not None], tags=tags)
+        if result.get("traceback"):
+            self.client.log_text(run_id, result["traceback"], "error.txt")
         if config["phase"] == "final" and state != FAILED and trial.checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp, trial.checkpoint.as_directory() as folder:
                 meta = {"method": config["train"]["method"], "hp": config["train"]["hp"],
@@ -134,6 +166,7 @@ class StudyTracker(Callback):
                     kept = shutil.copy(Path(folder) / "predictions_test.npz", Path(tmp) / "test.npz")
                     self.client.log_artifact(run_id, str(kept), "predictions")
         self.client.set_terminated(run_id, MLFLOW_STATUS[state])
+        self.open_runs.discard(run_id)
         if config["phase"] == "final":
             self._maybe_close_cell(config["cell"], runs)
 

@@ -9,6 +9,7 @@ import posixpath
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pyarrow.fs
@@ -16,9 +17,18 @@ import ray
 import torch
 from ray import tune
 
-from peft_core.train import TrainConfig, TrainingDiverged, train
+from peft_core.train import TrainConfig, train
 
 from ..study_folder import trial_finished
+from .outcome import TRIAL_ERROR
+
+# Errors that say nothing about the trial itself: a storage or network hiccup, Ray losing an
+# object or a worker. Only these are retried; Ray reports a lost node or actor in the driver.
+TRANSIENT = (ConnectionError, TimeoutError, ray.exceptions.RayError)
+
+
+def one_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:1000]
 
 
 def checkpoint_to_resume(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
@@ -44,20 +54,31 @@ def checkpoint_to_resume(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint 
 
 
 def run_trial(config: dict) -> None:
-    trial_id = tune.get_context().get_trial_id()
-    if trial_finished(config["study_dir"], trial_id):
+    """One trial. Its own errors are reported, not raised: Tune retries raised errors as if the
+    node had died, and a bad value, a missing file, a shape error or a diverged loss would only
+    fail again the same way. Only ``TRANSIENT`` errors are raised (and retried)."""
+    if trial_finished(config["study_dir"], tune.get_context().get_trial_id()):
         return  # finished before the driver died: a resumed study never reruns it
+    start = time.time()
+    node_id = ray.get_runtime_context().get_node_id()
+    try:
+        _train(config, start, node_id)
+    except TRANSIENT:
+        raise
+    except Exception as err:  # noqa: BLE001 - every other error is the trial's own
+        tune.report({TRIAL_ERROR: one_line(err), "traceback": traceback.format_exc(),
+                     "trial_seconds": time.time() - start, "node_id": node_id})
+
+
+def _train(config: dict, start: float, node_id: str) -> None:
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     train_config = TrainConfig(**config["train"])
-    start = time.time()
     resume_dir = None
     checkpoint = checkpoint_to_resume(tune.get_checkpoint())
     if checkpoint is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="peft-resume-"))
         with checkpoint.as_directory() as folder:
             shutil.copytree(folder, resume_dir, dirs_exist_ok=True)
-
-    node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, folder: Path | None) -> None:
         ckpt = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
@@ -72,10 +93,6 @@ def run_trial(config: dict) -> None:
             tune.report({"early_stopped": True, "epoch": result.metrics["epoch"],
                          "inserted_params": result.inserted_params, "trial_seconds": time.time() - start,
                          "node_id": node_id})
-    except TrainingDiverged as err:
-        # Reported, not raised: Tune retries raised errors (lost nodes), and a diverged run
-        # would only diverge again. The searcher and tracker mark it failed.
-        tune.report({"diverged": str(err), "trial_seconds": time.time() - start, "node_id": node_id})
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
