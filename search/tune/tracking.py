@@ -72,9 +72,10 @@ class StudyTracker(Callback):
         local_artifacts = None if self.uri.startswith(("http", "databricks")) else self.study_dir / "mlartifacts"
         self._remember("experiment", "", get_experiment_id(self.client, self.study.experiment, local_artifacts))
         # Runs a trial may still finish: after a crash, those left running (one query, not one per trial).
-        self.open_runs = {run.info.run_id for run in self.client.search_runs(
-            [self.runs["experiment_id"]], "attributes.status = 'RUNNING'", max_results=50000)}
-        self._drop_forgotten_runs()
+        running = self.client.search_runs([self.runs["experiment_id"]], "attributes.status = 'RUNNING'",
+                                          max_results=50000)
+        self.open_runs = {run.info.run_id for run in running}
+        self._drop_stray_runs(running)
         for cell in self.study.cells():
             if cell.id in self.runs["cells"]:
                 continue
@@ -83,16 +84,23 @@ class StudyTracker(Callback):
                 "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
             self._remember("cell", cell.id, run.info.run_id)
 
-    def _drop_forgotten_runs(self) -> None:
-        """Runs of trials the searcher forgot on restore (started after Tune's last snapshot;
-        their points went out again as new trials) are deleted, so no point shows twice. Tune
-        restores the searcher before it sets callbacks up, so the search state is final here."""
+    def _drop_stray_runs(self, running: list) -> None:
+        """Delete the trial runs a crash left behind: runs of trials the searcher forgot on
+        restore (started after Tune's last snapshot; their points went out again as new trials)
+        and runs opened just before the crash whose id was never recorded (the trial, if Tune
+        runs it again, gets a new one). Tune restores the searcher before it sets callbacks
+        up, so the search state is final here."""
         known = read_trial_ids(self.study_dir)
-        for trial_id, run_id in list(self.runs["trials"].items()):
-            if trial_id not in known and run_id in self.open_runs:
-                self.client.set_terminated(run_id, "KILLED")
-                self.client.delete_run(run_id)
-                self.open_runs.discard(run_id)
+        for run in running:
+            trial_id = run.data.tags.get("trial_id")
+            if trial_id is None:
+                continue  # a cell's run
+            if trial_id not in known or self.runs["trials"].get(trial_id) != run.info.run_id:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.delete_run(run.info.run_id)
+                self.open_runs.discard(run.info.run_id)
+                if self.runs["trials"].get(trial_id) == run.info.run_id:
+                    del self.runs["trials"][trial_id]
 
     # -- Tune callback hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
