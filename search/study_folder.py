@@ -120,10 +120,6 @@ def read_trials(study_dir: str | Path) -> dict[str, dict]:
             _query(study_dir, "SELECT trial_id, record FROM trials ORDER BY rowid")}
 
 
-def read_trial_ids(study_dir: str | Path) -> set[str]:
-    return {trial_id for (trial_id,) in _query(study_dir, "SELECT trial_id FROM trials")}
-
-
 def read_cells(study_dir: str | Path) -> dict[str, dict]:
     """Each started cell's summary row (what status shows), by cell id."""
     return {cell: json.loads(summary) for cell, summary in _query(study_dir, "SELECT cell, summary FROM cells")}

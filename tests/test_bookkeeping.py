@@ -131,14 +131,16 @@ def test_a_point_handed_out_again_after_a_crash_is_no_duplicate(tmp_path):
     assert summarize(restarted.study_dir)["duplicate_trials"] == 0
 
 
-def test_runs_a_crash_left_open_without_a_recorded_trial_are_deleted(tmp_path):
+def test_runs_a_crash_left_open_are_deleted_finished_or_kept(tmp_path):
     """After a crash: the run of a trial the searcher forgot, and a run opened just before the
-    crash whose id was never recorded, are deleted; a recorded trial's run is kept open."""
+    crash whose id was never recorded, are deleted; the run of a trial the searcher saw end is
+    finished from its record; a running trial's run is kept open."""
     from mlflow.tracking import MlflowClient
     from search.tune.tracking import StudyTracker
     searcher = searcher_for(tmp_path)
-    for i in range(2):
+    for i in range(3):
         searcher.suggest(f"t{i}")
+    finish(searcher, "t2", 70.0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = StudyTracker(searcher.study, searcher.study_dir, uri)
     tracker.setup()
@@ -148,10 +150,15 @@ def test_runs_a_crash_left_open_without_a_recorded_trial_are_deleted(tmp_path):
     tracker._remember("trial", "t0", recorded)
     unrecorded = client.create_run(experiment, tags={"trial_id": "t1", "phase": "tune"}).info.run_id
     forgotten = client.create_run(experiment, tags={"trial_id": "gone", "phase": "tune"}).info.run_id
+    ended = client.create_run(experiment, tags={"trial_id": "t2", "phase": "tune"}).info.run_id
+    tracker._remember("trial", "t2", ended)
     restarted = StudyTracker(searcher.study, searcher.study_dir, uri)
     restarted.setup()
     assert client.get_run(recorded).info.lifecycle_stage == "active" and recorded in restarted.open_runs
     for run_id in (unrecorded, forgotten):
         assert client.get_run(run_id).info.lifecycle_stage == "deleted" and run_id not in restarted.open_runs
+    ended_run = client.get_run(ended)
+    assert (ended_run.info.status, ended_run.data.tags["state"]) == ("FINISHED", "completed")
+    assert ended_run.data.metrics["val_top1"] == 70.0 and ended not in restarted.open_runs
     cells = {r.data.tags["cell"] for r in client.search_runs([experiment], "tags.phase = 'cell'")}
     assert cells == {"digits/linear"}  # the cell's run was neither touched nor opened twice

@@ -85,7 +85,9 @@ def test_simulate_killed_and_resumed_reports_the_released_scores(fast_dir, tmp_p
     for run in runs:
         by_trial.setdefault(run.data.tags["trial_id"], []).append(run)
     assert set(by_trial) == set(after)  # one MLflow run per trial, none for a forgotten one
-    assert all(len(found) == 1 and found[0].info.status == "FINISHED" for found in by_trial.values())
+    odd = {t: [r.info.status for r in found] for t, found in by_trial.items()
+           if len(found) != 1 or found[0].info.status != "FINISHED"}
+    assert not odd, {t: (statuses, after[t]["status"]) for t, statuses in odd.items()}
     assert all(by_trial[t][0].info.run_id == runs_before[t] for t in finished_before)
 
     out = tmp_path / "report"

@@ -21,8 +21,8 @@ from ray.tune import Callback
 
 from peft_core.checkpoint import adapter_from_checkpoint
 
-from ..mlflow_layout import get_experiment_id
-from ..study_folder import FAILED, read_mlflow_runs, read_trial_ids
+from ..mlflow_layout import STATE, get_experiment_id
+from ..study_folder import DONE, FAILED, read_mlflow_runs, read_trials, trial_finished
 from ..study import Cell, Study
 from .outcome import MLFLOW_STATUS, TRIAL_ERROR, decide
 from .store import SearchStore
@@ -75,7 +75,7 @@ class StudyTracker(Callback):
         running = self.client.search_runs([self.runs["experiment_id"]], "attributes.status = 'RUNNING'",
                                           max_results=50000)
         self.open_runs = {run.info.run_id for run in running}
-        self._drop_stray_runs(running)
+        self._settle_runs_left_open(running)
         for cell in self.study.cells():
             if cell.id in self.runs["cells"]:
                 continue
@@ -84,31 +84,42 @@ class StudyTracker(Callback):
                 "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
             self._remember("cell", cell.id, run.info.run_id)
 
-    def _drop_stray_runs(self, running: list) -> None:
-        """Delete the trial runs a crash left behind: runs of trials the searcher forgot on
-        restore (started after Tune's last snapshot; their points went out again as new trials)
-        and runs opened just before the crash whose id was never recorded (the trial, if Tune
-        runs it again, gets a new one). Tune restores the searcher before it sets callbacks
-        up, so the search state is final here."""
-        known = read_trial_ids(self.study_dir)
+    def _settle_runs_left_open(self, running: list) -> None:
+        """Trial runs a crash left running. Deleted: runs of trials the searcher forgot on restore
+        (started after Tune's last snapshot; their points went out again as new trials) and runs
+        opened just before the crash whose id was never recorded (Tune runs the trial again
+        under a new one). Finished from the record: runs of trials the searcher saw end.
+        Tune restores the searcher before it sets callbacks up, so the search state is final."""
+        records = read_trials(self.study_dir)
         for run in running:
-            trial_id = run.data.tags.get("trial_id")
+            trial_id, run_id = run.data.tags.get("trial_id"), run.info.run_id
             if trial_id is None:
                 continue  # a cell's run
-            if trial_id not in known or self.runs["trials"].get(trial_id) != run.info.run_id:
-                self.client.set_terminated(run.info.run_id, "KILLED")
-                self.client.delete_run(run.info.run_id)
-                self.open_runs.discard(run.info.run_id)
-                if self.runs["trials"].get(trial_id) == run.info.run_id:
-                    del self.runs["trials"][trial_id]
+            record = records.get(trial_id)
+            if record is None or self.runs["trials"].get(trial_id) != run_id:
+                self.client.set_terminated(run_id, "KILLED")
+                self.client.delete_run(run_id)
+            elif record["status"] in DONE:
+                now = int(time.time() * 1000)
+                metrics = {**record["metrics"], "epochs_run": record["epochs"], "trial_seconds": record["seconds"]}
+                self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, record["epochs"])
+                                                       for k, v in metrics.items() if v is not None],
+                                      tags=[RunTag(STATE, record["status"])])
+                self.client.set_terminated(run_id, MLFLOW_STATUS[record["status"]])
+            else:
+                continue
+            self.open_runs.discard(run_id)
 
     # -- Tune callback hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         runs = self.runs
         config = trial.config
-        if trial.trial_id in runs["trials"]:  # resumed: continue the same run
-            self.client.update_run(runs["trials"][trial.trial_id], status="RUNNING")
-            self.open_runs.add(runs["trials"][trial.trial_id])
+        if trial.trial_id in runs["trials"]:  # resumed or retried: continue the same run
+            run_id = runs["trials"][trial.trial_id]
+            # A trial that ended before a crash is started again by Tune only to return at once.
+            if run_id not in self.open_runs and not trial_finished(self.study_dir, trial.trial_id):
+                self.client.update_run(run_id, status="RUNNING")
+                self.open_runs.add(run_id)
             return
         cell = config["cell"]
         parsed = Cell.parse(cell)
