@@ -212,3 +212,33 @@ def test_every_trial_run_carries_every_setting_as_a_parameter(finished):
             assert key in params, key
         assert params["epoch"] == str(EPOCHS) and params["method"] == "lora"
     assert {r.data.params["lora_bottleneck"] for r in runs} == {"1", "8"}
+
+
+def test_each_cells_run_summarises_its_selected_trial_with_a_table_and_a_plot(finished, tmp_path):
+    import csv
+    study, study_dir, client = finished
+    experiment = client.get_experiment_by_name("it-study").experiment_id
+    records = read_trials(study_dir)
+    for parent in client.search_runs([experiment], "tags.phase = 'cell'"):
+        cell = parent.data.tags["cell"]
+        final = next(r for r in records.values() if r["cell"] == cell and r["phase"] == "final")
+        selected = records[final["selected_from"]]
+        assert parent.data.tags["selected_trial"] == selected["trial_id"]
+        assert parent.data.metrics["val_top1"] == pytest.approx(selected["value"])
+        assert {k: parent.data.params[k] for k in selected["params"]} == {k: str(v) for k, v in selected["params"].items()}
+        folder = tmp_path / cell.replace("/", "__")
+        table = client.download_artifacts(parent.info.run_id, "trials.csv", str(folder))
+        with open(table) as f:
+            rows = list(csv.DictReader(f))
+        assert [r["trial_id"] for r in rows] == [t for t, r in records.items() if r["cell"] == cell and r["phase"] == "tune"] \
+            + [t for t, r in records.items() if r["cell"] == cell and r["phase"] == "final"]
+        assert {r["status"] for r in rows} <= {"completed", "pruned", "failed", "early_stopped"}
+        png = client.download_artifacts(parent.info.run_id, "search.png", str(folder))
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_experiment_describes_the_study_it_holds(finished):
+    _, study_dir, client = finished
+    note = client.get_experiment_by_name("it-study").tags["mlflow.note.content"]
+    assert "Study `it-study`" in note and yaml.safe_load(note.split("```yaml\n")[1].split("```")[0]) == \
+        yaml.safe_load((study_dir / "study.yaml").read_text())

@@ -22,8 +22,9 @@ from ray.tune import Callback
 from peft_core.checkpoint import adapter_from_checkpoint
 
 from ..mlflow_layout import STATE, get_experiment_id
-from ..study_folder import DONE, FAILED, read_mlflow_runs, read_trials, trial_finished
+from ..study_folder import DONE, FAILED, STUDY_COPY, read_cell_trials, read_mlflow_runs, read_trials, trial_finished
 from ..study import Cell, Study
+from .cell_summary import draw_search, write_trials_csv
 from .outcome import MLFLOW_STATUS, TRIAL_ERROR, decide
 from .store import SearchStore
 
@@ -71,6 +72,11 @@ class StudyTracker(Callback):
         self.runs = read_mlflow_runs(self.study_dir)
         local_artifacts = None if self.uri.startswith(("http", "databricks")) else self.study_dir / "mlartifacts"
         self._remember("experiment", "", get_experiment_id(self.client, self.study.experiment, local_artifacts))
+        # The study as it started, as the experiment's description (the UI shows it above the runs).
+        frozen = self.study_dir / STUDY_COPY
+        if frozen.is_file():
+            self.client.set_experiment_tag(self.runs["experiment_id"], "mlflow.note.content",
+                                           f"Study `{self.study.name}` ({self.study_dir})\n\n```yaml\n{frozen.read_text()}```")
         # Runs a trial may still finish: after a crash, those left running (one query, not one per trial).
         running = self.client.search_runs([self.runs["experiment_id"]], "attributes.status = 'RUNNING'",
                                           max_results=50000)
@@ -190,7 +196,9 @@ class StudyTracker(Callback):
             self._maybe_close_cell(config["cell"], runs)
 
     def _maybe_close_cell(self, cell: str, runs: dict) -> None:
-        """When every final run of a cell is in, summarise it on the cell's parent run."""
+        """When every final run of a cell is in, summarise it on the cell's parent run: the test
+        score over seeds, the selected tuning trial's metrics and parameters (so the runs table
+        lines the cell up with its trials), its trials as a CSV and its search as a PNG."""
         finals = self.client.search_runs(
             [runs["experiment_id"]], filter_string=f"tags.cell = '{cell}' and tags.phase = 'final'")
         done = [r for r in finals if r.info.status == "FINISHED"]
@@ -198,12 +206,21 @@ class StudyTracker(Callback):
             return
         scores = [r.data.metrics["test_top1"] for r in done if "test_top1" in r.data.metrics]
         parent = runs["cells"][cell]
-        metrics = {"test_top1_mean": statistics.mean(scores)} if scores else {}
+        records = read_cell_trials(self.study_dir, cell)
+        chosen = {r["selected_from"] for r in records if r["phase"] == "final"}
+        selected = next((r for r in records if r["trial_id"] in chosen), None)
+        metrics = dict(selected["metrics"]) if selected else {}
+        if scores:
+            metrics["test_top1_mean"] = statistics.mean(scores)
         if len(scores) > 1:
             metrics["test_top1_std"] = statistics.stdev(scores)
         now = int(time.time() * 1000)
-        self.client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                              params=[Param(f"best.{k}", str(v)) for k, v in done[0].data.params.items()
-                                      if k != "seed"],
-                              tags=[RunTag("selected_trial", done[0].data.tags.get("trial_id", ""))])
+        self.client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              params=[Param(k, str(v)) for k, v in done[0].data.params.items() if k != "seed"],
+                              tags=[RunTag("selected_trial", selected["trial_id"] if selected else "")])
+        with tempfile.TemporaryDirectory() as tmp:
+            self.client.log_artifact(parent, str(write_trials_csv(records, Path(tmp) / "trials.csv")))
+            self.client.log_artifact(parent, str(draw_search(
+                records, self.study.search.metric, selected["trial_id"] if selected else None,
+                f"{cell}: {self.study.search.metric} per tuning trial", Path(tmp) / "search.png")))
         self.client.set_terminated(parent, "FINISHED")
