@@ -21,3 +21,11 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def run_to_end(proc: subprocess.Popen, timeout: float, log) -> None:
+    """Wait for a CLI process to exit 0 (else fail with its log's tail), then stop its group."""
+    try:
+        assert proc.wait(timeout=timeout) == 0, open(log.name).read()[-3000:]
+    finally:
+        kill_group(proc)

@@ -10,7 +10,7 @@ from peft_core.train import TrainConfig, train
 from search.tune.status import summarize
 from search.study_folder import read_trials
 
-from .processes import cli, kill_group
+from .processes import cli, kill_group, run_to_end
 
 EPOCHS = 6
 
@@ -54,11 +54,7 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
     history_before = {k: len(client.get_metric_history(run_of(k).info.run_id, "val_top1"))
                       for k in finished_before}
 
-    resumed = cli("resume", str(study_dir), stdout=log, stderr=log)
-    try:
-        assert resumed.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-    finally:
-        kill_group(resumed)
+    run_to_end(cli("resume", str(study_dir), stdout=log, stderr=log), 400, log)
     after = read_trials(study_dir)
     summary = summarize(study_dir)
     assert summary["cells_done"] == 1 and summary["trials_running"] == 0

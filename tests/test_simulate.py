@@ -16,7 +16,7 @@ from search.cli import main
 from search.study_folder import read_cells, read_mlflow_runs, read_trials, tracking_source
 from search.tune.status import summarize, totals
 
-from .processes import cli, kill_group
+from .processes import cli, kill_group, run_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "petl_tune_output"
@@ -59,11 +59,7 @@ def test_simulate_killed_and_resumed_reports_the_released_scores(fast_dir, tmp_p
     finished_before = {k: v for k, v in before.items() if v["status"] != "running"}
     runs_before = read_mlflow_runs(study_dir)["trials"]
 
-    resumed = cli("resume", str(study_dir), stdout=log, stderr=log)
-    try:
-        assert resumed.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-    finally:
-        kill_group(resumed)
+    run_to_end(cli("resume", str(study_dir), stdout=log, stderr=log), 900, log)
 
     summary = summarize(study_dir)
     grids = {t: 516 for t in TASKS}  # the paper's grids: 516 tuning runs per task, one final per cell
