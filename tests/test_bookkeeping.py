@@ -152,6 +152,7 @@ def test_runs_a_crash_left_open_are_deleted_finished_or_kept(tmp_path):
     forgotten = client.create_run(experiment, tags={"trial_id": "gone", "phase": "tune"}).info.run_id
     ended = client.create_run(experiment, tags={"trial_id": "t2", "phase": "tune"}).info.run_id
     tracker._remember("trial", "t2", ended)
+    client.log_metric(ended, "val_top1", 70.0, step=EPOCHS)  # as on_trial_result logged it
     restarted = StudyTracker(searcher.study, searcher.study_dir, uri)
     restarted.setup()
     assert client.get_run(recorded).info.lifecycle_stage == "active" and recorded in restarted.open_runs
@@ -160,5 +161,6 @@ def test_runs_a_crash_left_open_are_deleted_finished_or_kept(tmp_path):
     ended_run = client.get_run(ended)
     assert (ended_run.info.status, ended_run.data.tags["state"]) == ("FINISHED", "completed")
     assert ended_run.data.metrics["val_top1"] == 70.0 and ended not in restarted.open_runs
+    assert len(client.get_metric_history(ended, "val_top1")) == 1  # not logged a second time
     cells = {r.data.tags["cell"] for r in client.search_runs([experiment], "tags.phase = 'cell'")}
     assert cells == {"digits/linear"}  # the cell's run was neither touched nor opened twice

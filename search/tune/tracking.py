@@ -107,7 +107,8 @@ class StudyTracker(Callback):
                 self.client.delete_run(run_id)
             elif record["status"] in DONE:
                 now = int(time.time() * 1000)
-                metrics = {**record["metrics"], "epochs_run": record["epochs"], "trial_seconds": record["seconds"]}
+                # Its per-epoch metrics went in as they came; only the end is missing.
+                metrics = {"epochs_run": record["epochs"], "trial_seconds": record["seconds"]}
                 self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, record["epochs"])
                                                        for k, v in metrics.items() if v is not None],
                                       tags=[RunTag(STATE, record["status"])])
