@@ -24,6 +24,12 @@ PHASES = (PHASE_CELL, PHASE_TUNE, PHASE_FINAL)
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
+def experiment_page(experiment_id: str) -> str:
+    """The UI path of a study's runs. MLflow 3.17's UI picks GenAI or model training per browser
+    (its own setting, GenAI by default), not from the experiment's kind; the URL names it."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def default_tracking_uri(study_dir: Path) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
 

@@ -20,7 +20,8 @@ def test_ui_serves_the_studys_own_store(tiny_study):
     try:
         first = ui.stdout.readline()
         assert f"http://127.0.0.1:{port}/#/experiments/" in first, first
-        experiment_id = first.split("#/experiments/")[1].split()[0]
+        experiment_id = first.split("#/experiments/")[1].split("/")[0]
+        assert "workflowType=machine_learning" in first, first  # MLflow 3 UI: model training, not GenAI
         base = f"http://127.0.0.1:{port}"
         wait_until_serving(base, 120, ui)
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny-study") as r:

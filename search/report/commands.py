@@ -68,13 +68,14 @@ def ui(args: argparse.Namespace) -> int:
     (sqlite, file): serve that store here and print the URL to open."""
     from mlflow.tracking import MlflowClient
 
+    from ..mlflow_layout import experiment_page
     from ..mlflow_server import exec_mlflow_server
     from ..study_folder import tracking_source
     uri, experiment = tracking_source(args.study_dir)
     found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"{args.study_dir}: no MLflow experiment '{experiment}' at {uri} yet")
-    page = f"#/experiments/{found.experiment_id}"
+    page = experiment_page(found.experiment_id)
     if uri.startswith(("http://", "https://")):
         print(f"{uri.rstrip('/')}/{page}  (the study logs to that server; nothing to start)")
         return 0
