@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -71,10 +72,14 @@ def merge(model: nn.Module) -> VisionTransformer:
         raise ValueError("model has no PEFT method attached; nothing to merge")
     if config.cannot_merge is not None:
         raise ValueError(f"method '{config.name}' cannot be merged: {config.cannot_merge}")
+    patches = model.patch_embed.proj
+    bias_free_patches = isinstance(patches, Wrapper) and getattr(patches.base, "bias", None) is None
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, Wrapper):
                 setattr(parent, child_name, child.fold())
+    if bias_free_patches and model.patch_embed.proj.bias is not None:
+        _patch_bias_into_pos_embed(model)
     for child_name, child in list(model.named_children()):
         if isinstance(child, InsertedModule):  # shared factors (FacT), folded above
             delattr(model, child_name)
@@ -85,6 +90,18 @@ def merge(model: nn.Module) -> VisionTransformer:
     model.get_classifier().requires_grad_(True)
     object.__delattr__(model, _CONFIG_ATTR)
     return model
+
+
+@torch.no_grad()
+def _patch_bias_into_pos_embed(model: VisionTransformer) -> None:
+    """A shift folded into a bias-free patch embedding (SSF on CLIP) moves to the position
+    embedding of the patch tokens, added to the same tokens next: the stock layout is kept."""
+    proj = model.patch_embed.proj
+    if model.pos_embed is None:
+        raise ValueError("cannot merge a shift of the patch embedding into a model without a "
+                         "position embedding and without a patch-embedding bias")
+    model.pos_embed[:, 0 if model.no_embed_class else model.num_prefix_tokens:] += proj.bias
+    proj.bias = None
 
 
 def methods() -> dict[str, dict[str, Any]]:

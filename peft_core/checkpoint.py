@@ -121,7 +121,9 @@ def save_adapter(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | 
     """The trained tensors (method + head) as safetensors; ``metadata`` stored as JSON strings."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
-    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    # "format" as torch's own files have it; it also keeps a file without tensors (zero_shot) readable:
+    # safetensors writes an empty header it cannot read back.
+    save_file(tensors, str(path), metadata={"format": "pt", **{k: json.dumps(v) for k, v in (metadata or {}).items()}})
     return path
 
 

@@ -190,3 +190,21 @@ def build_clip_classifier(backbone: str, class_names: str | Path | Sequence[str]
     weight = cached_text_head(clip_model, tokenizer, get_backbone(backbone).open_clip, names, prompts,
                               cache_dir, device)
     return attach_text_head(model, weight)
+
+
+def split_text_head(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A CLIP tower with a text head as timm's own layout plus the classifier apart.
+
+    L2 normalisation sits between the projection and the text head, so the two cannot fold into
+    one Linear. The first state dict is timm's CLIP image tower (the projection as ``head``, with
+    the zero bias timm's converter gives it), loadable with ``strict=True`` into the stock model
+    with ``num_classes`` = the embedding width; the second (``weight``, ``bias``) classifies its
+    L2-normalised output. A model without a text head: its state dict and an empty classifier.
+    """
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if not isinstance(model.fc_norm, ImageEmbedding):
+        return state, {}
+    classifier = {"weight": state.pop("head.weight"), "bias": state.pop("head.bias")}
+    projection = state.pop("fc_norm.proj.weight")
+    state["head.weight"], state["head.bias"] = projection, projection.new_zeros(projection.shape[0])
+    return state, classifier

@@ -54,10 +54,22 @@ def resolve(values: dict[str, Any], source: str) -> TrainConfig:
         raise ValueError(f"{source}: {str(err).removeprefix('train config: ')}") from None
 
 
+# Keys that name files or folders. A value starting with ./ or ../ is relative to the YAML file
+# that holds it (an export's config.yaml, copied with what it names, still runs); any other
+# relative path is relative to the working directory, as in the study's own files.
+PATH_KEYS = ("checkpoint", "data_path", "data_folder", "class_names", "templates")
+
+
+def _file_relative(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    folder = Path(path).resolve().parent
+    return {k: str((folder / v).resolve()) if k in PATH_KEYS and isinstance(v, str) and v.startswith(("./", "../"))
+            else v for k, v in values.items()}
+
+
 def load_train_config(paths: list[Path], overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Merge YAML files in order (later wins), then ``overrides`` (``--set``)."""
     values: dict[str, Any] = {}
     for path in paths:
-        values.update(read_yaml(path))
+        values.update(_file_relative(read_yaml(path), path))
     values.update(overrides or {})
     return resolve(values, " + ".join(str(p) for p in paths) or "--set")

@@ -132,7 +132,7 @@ def test_mlflow_tree_matches_the_spec(finished):
 def test_export_then_train_reproduces_the_final_metric(finished, tmp_path, capsys):
     from search.cli import main
     _, study_dir, _ = finished
-    exported = export_study(study_dir, tmp_path / "export")
+    exported = {info["cell"]: info for info in export_study(study_dir, tmp_path / "export")}
     assert set(exported) == {"digits/linear", "digits/lora", "digits/full"}
     assert exported["digits/lora"]["merged"] and (tmp_path / "export" / "digits__lora" / "merged.safetensors").is_file()
     assert main(["train", "--config", str(tmp_path / "export" / "digits__lora" / "config.yaml")]) == 0

@@ -14,6 +14,9 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="per cell: runnable YAML, adapter, merged weights")
     p.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=_seed_choice, default=None, metavar="N|all",
+                   help="the final run of seed N, or every seed's (folders <cell>__seed<N>); "
+                        "default: each cell's first seed")
     p.set_defaults(func=export)
 
     p = sub.add_parser("predict", help="an exported cell's top-5 classes for each image")
@@ -41,11 +44,21 @@ def register(sub) -> None:
             p.set_defaults(func=wise)
 
 
+def _seed_choice(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed: '{value}' is neither a seed (an integer) nor 'all'") from None
+
+
 def export(args: argparse.Namespace) -> int:
     from .export import export_study
-    for cell, info in export_study(args.study_dir, args.out).items():
+    for info in export_study(args.study_dir, args.out, args.seed):
         merged = " + merged weights" if info["merged"] else ""
-        print(f"{cell}: {info['folder']} (test top-1 {info.get('test_top1', float('nan')):.2f}{merged})")
+        print(f"{info['cell']} (seed {info['seed']}): {info['folder']} "
+              f"(test top-1 {info.get('test_top1', float('nan')):.2f}{merged})")
     return 0
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from peft_core.data.imagenet import SUBSETS as DOMAIN_SETS
 
-from .export import head_classes
+from .export import model_classes
 
 @dataclass
 class TrainedRun:
@@ -59,8 +59,9 @@ def from_export(folder: Path) -> TrainedRun:
         if not (folder / name).is_file():
             raise ValueError(f"--export {folder}: no {name} (a folder written by peft-search export)")
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
-    return TrainedRun(yaml.safe_load((folder / "config.yaml").read_text()), folder / "adapter.safetensors",
-                      metrics.get("run_id"), metrics.get("tracking_uri"))
+    from peft_core.run_config import load_train_config
+    config = load_train_config([folder / "config.yaml"]).to_dict()  # its paths: relative to the export
+    return TrainedRun(config, folder / "adapter.safetensors", metrics.get("run_id"), metrics.get("tracking_uri"))
 
 
 def load_run(run_id: str | None, export: Path | None, tracking_uri: str | None, workdir: Path) -> TrainedRun:
@@ -79,7 +80,7 @@ def build(run: TrainedRun):
     from peft_core.train import TrainConfig, build_model
     config = TrainConfig(**run.config)
     torch.manual_seed(config.seed)  # the same freshly attached modules as the run started with
-    model = build_model(config, head_classes(run.adapter))
+    model = build_model(config, model_classes(config, run.adapter))
     zero_shot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     load_adapter(model, run.adapter)
     return config, model.eval(), zero_shot

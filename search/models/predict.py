@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 from PIL import Image, UnidentifiedImageError
 
-from peft_core.checkpoint import load_adapter
 from peft_core.clip import read_class_names
-from peft_core.train import TrainConfig, build_model, transforms_for
+from peft_core.run_config import load_train_config
+from peft_core.train import TrainConfig, transforms_for
 
-from .export import head_classes
+from .export import trained_model
 
 
 def load_export(folder: Path) -> tuple[TrainConfig, torch.nn.Module]:
@@ -25,11 +24,8 @@ def load_export(folder: Path) -> tuple[TrainConfig, torch.nn.Module]:
     for needed in (config_file, adapter):
         if not needed.is_file():
             raise ValueError(f"{folder}: not an exported cell (no {needed.name}); `peft-search export` writes one")
-    config = TrainConfig(**yaml.safe_load(config_file.read_text()))
-    torch.manual_seed(config.seed)  # a random-init backbone (pretrained: false) is rebuilt as the run built it
-    model = build_model(config, head_classes(adapter))
-    load_adapter(model, adapter)
-    return config, model.eval()
+    config = load_train_config([config_file])  # its paths: relative to the export
+    return config, trained_model(config, adapter)
 
 
 def class_names(config: TrainConfig, count: int) -> list[str]:
