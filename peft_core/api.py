@@ -26,7 +26,13 @@ def apply(model: nn.Module, name: str, **hp: Any) -> VisionTransformer:
                          f"build a fresh model to apply '{name}'")
     config = get_method(name).from_hp(**hp)
     model.requires_grad_(False)
-    config.attach(model)
+    try:
+        config.attach(model)
+    except (AttributeError, TypeError, RuntimeError) as err:  # a block layout the method does not know
+        blocks = sorted({type(b).__name__ for b in model.blocks})
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"method '{name}' cannot attach to this model (blocks: {', '.join(blocks)}): "
+                         f"{type(err).__name__}: {detail}") from None
     for module in model.modules():
         if isinstance(module, InsertedModule):
             module.requires_grad_(True)

@@ -1,11 +1,14 @@
-"""The study's three backbones, built by name, plus tiny look-alikes for tests.
+"""The study's backbones, built by name, tiny look-alikes for tests, and any timm ViT by its name.
 
-Each name maps to a stock timm architecture (never a fork) and its keyword arguments. Weights
-come from a local file only (npz / pth / safetensors) through timm's own loader, so nothing is
-downloaded at run time.
+Each name maps to a stock timm architecture (never a fork) and its keyword arguments; a name
+``timm/<timm model name>`` (``timm/vit_small_patch16_224.augreg_in21k``) is that timm model, with
+the normalisation and image size of its pretrained config. Weights come from a local file
+(npz / pth / safetensors) through timm's own converter or, for a timm name, from the local
+Hugging Face cache: nothing is downloaded at run time.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import timm.models.vision_transformer as vit_module
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import VisionTransformer
 
 _CHECKPOINT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
@@ -29,10 +33,12 @@ class Backbone:
     description: str = ""
     default_checkpoint: Path | None = None  # weights shipped with the project
     open_clip: str | None = None  # the open_clip model this is the image tower of (text heads)
+    hf_hub_id: str | None = None  # where its weights sit in the local Hugging Face cache
+    native_img_size: int = 224  # the architecture's own input size (kwargs may change it)
 
     @property
     def img_size(self) -> int:
-        return self.kwargs.get("img_size", 224)
+        return self.kwargs.get("img_size", self.native_img_size)
 
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,6 +51,9 @@ BACKBONES: dict[str, Backbone] = {
                               description="ViT-B/16 pretrained on ImageNet-21K"),
     "dinov2_vitb14": Backbone("vit_base_patch14_dinov2.lvd142m", dict(img_size=224),
                               description="DINOv2 ViT-B/14 (LayerScale)"),
+    # The study's MAE backbone (pretrained_weights: vit_base_mae): ViT-B/16, class token, the MAE
+    # file (mae_pretrain_vit_base.pth) through timm's converter.
+    "vit_base_mae": Backbone("vit_base_patch16_224.mae", description="MAE ViT-B/16 (ImageNet-1K, self-supervised)"),
     "clip_vitb16": Backbone("vit_base_patch16_clip_quickgelu_224.openai", mean=_CLIP_MEAN,
                             std=_CLIP_STD, description="CLIP ViT-B/16 image tower (QuickGELU)",
                             open_clip="ViT-B-16-quickgelu"),
@@ -73,11 +82,49 @@ def backbone_names() -> list[str]:
     return list(BACKBONES)
 
 
+TIMM_PREFIX = "timm/"
+
+
 def get_backbone(name: str) -> Backbone:
+    if name.startswith(TIMM_PREFIX):
+        return _timm_backbone(name)
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone '{name}'; allowed: {', '.join(BACKBONES)}") from None
+        raise ValueError(f"unknown backbone '{name}'; allowed: {', '.join(BACKBONES)}, "
+                         f"or {TIMM_PREFIX}<a timm ViT's name>") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_backbone(name: str) -> Backbone:
+    """``timm/<model>[.<tag>]``: timm's model, checked to be a ``VisionTransformer`` (built on the
+    meta device: no memory, no weights), with its pretrained config's mean, std and input size."""
+    model_name = name[len(TIMM_PREFIX):]
+    architecture, _ = timm.models.split_model_name_tag(model_name)
+    if not timm.is_model(architecture):
+        raise ValueError(f"unknown backbone '{name}': timm has no model '{architecture}'")
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False)
+    except RuntimeError as err:  # an unknown pretrained tag
+        raise ValueError(f"backbone '{name}': {str(err).splitlines()[0]}") from None
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"backbone '{name}': timm's '{architecture}' is a {type(model).__name__}, "
+                         f"not a VisionTransformer")
+    cfg = model.pretrained_cfg
+    return Backbone(model_name, mean=tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+                    std=tuple(cfg.get("std", IMAGENET_DEFAULT_STD)), description=f"timm's {model_name}",
+                    hf_hub_id=cfg.get("hf_hub_id"), native_img_size=cfg.get("input_size", (3, 224, 224))[-1])
+
+
+def cached_weights(hf_hub_id: str) -> Path | None:
+    """The backbone's weights file in the local Hugging Face cache, if it is there (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hf_hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def build_backbone(name: str, num_classes: int, checkpoint: str | Path | None = None,

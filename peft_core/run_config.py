@@ -19,6 +19,7 @@ _RENAMED = {"random_seed": "seed", "normalized": "normalize", "pretrained_weight
 _BACKBONE_NAMES = {"vit_base_patch16_224_in21k": "vit_b16_in21k",
                    "vit_base_patch16_224.augreg_in21k": "vit_b16_in21k",
                    "dinov2_vitb14": "dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m": "dinov2_vitb14",
+                   "vit_base_patch14_dinov2": "dinov2_vitb14",
                    "vit_base_patch16_clip_224": "clip_vitb16", "clip": "clip_vitb16"}
 # Study keys that change nothing in a run here (logging, hardware, output).
 _IGNORED = {"model", "gpu_num", "debug", "output_dir", "store_ckp", "optimizer", "crop_size",

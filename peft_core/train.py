@@ -33,7 +33,7 @@ from timm.scheduler import CosineLRScheduler
 
 from . import checkpoint as ckpt
 from .api import apply, count_inserted
-from .backbones import build_backbone, check_checkpoint, get_backbone
+from .backbones import build_backbone, cached_weights, check_checkpoint, get_backbone
 from .clip import build_clip_classifier
 from .data import DataSpec, build_datasets, build_transforms
 from .data.loaders import FORMATS, TRANSFORMS, check_dataset
@@ -198,10 +198,14 @@ def weights_file(backbone: str, checkpoint: str | None, pretrained: bool) -> Pat
         return None
     if checkpoint is not None:
         return Path(checkpoint)
-    default = get_backbone(backbone).default_checkpoint
-    if default is None:
-        raise ValueError(f"backbone '{backbone}' ships no weights; set checkpoint: PATH or pretrained: false")
-    return default
+    spec = get_backbone(backbone)
+    if spec.default_checkpoint is not None:
+        return spec.default_checkpoint
+    cached = cached_weights(spec.hf_hub_id) if spec.hf_hub_id else None
+    if cached is None:
+        where = f" and {spec.hf_hub_id} is not in the local Hugging Face cache" if spec.hf_hub_id else ""
+        raise ValueError(f"backbone '{backbone}' ships no weights{where}; set checkpoint: PATH or pretrained: false")
+    return cached
 
 
 def check_inputs(config: TrainConfig) -> None:

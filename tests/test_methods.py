@@ -1,4 +1,5 @@
-"""Registry-wide checks: every registered method on every tiny backbone architecture."""
+"""Registry-wide checks: every registered method on every tiny backbone architecture and on a
+backbone named by its timm name."""
 import copy
 import functools
 
@@ -12,6 +13,8 @@ from peft_core.layers import InsertedModule, Wrapper
 from peft_core.registry import Scalable, get_method
 
 TINY_BACKBONES = [b for b in peft_core.backbone_names() if b.startswith("tiny_")]
+# Besides the named ones: a backbone a user names by its timm name (random init here).
+BACKBONES = TINY_BACKBONES + ["timm/vit_tiny_patch16_224.augreg_in21k"]
 
 METHODS = sorted(peft_core.methods())
 MERGEABLE = [m for m in METHODS if peft_core.methods()[m]["mergeable"]]
@@ -40,7 +43,7 @@ def perturb_trainable(model, std=0.1):
                 p.add_(torch.randn_like(p) * std)
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("method", METHODS)
 def test_forward_backward_and_only_declared_params_get_grads(method, backbone):
     model = peft_core.apply(fresh(backbone), method).train()
@@ -58,7 +61,7 @@ def test_forward_backward_and_only_declared_params_get_grads(method, backbone):
     assert (peft_core.count_inserted(model) > 0) == (method not in ("linear", "zero_shot"))
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("method", METHODS)
 def test_zero_init_methods_leave_the_output_unchanged(method, backbone):
     base = fresh(backbone)
@@ -72,7 +75,7 @@ def test_zero_init_methods_leave_the_output_unchanged(method, backbone):
         assert not torch.allclose(after, before, atol=1e-6)
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("method", MERGEABLE)
 def test_merge_folds_into_a_plain_vit_with_equal_outputs(method, backbone):
     stock_keys = set(fresh(backbone).state_dict())

@@ -104,6 +104,10 @@ class _Fact(Scalable):
     fact_scaler: float = hp(1.0, "output scale s", grid=_SCALERS, low=0.0)
 
     def attach(self, model) -> None:
+        hidden = {block.mlp.fc1.out_features for block in model.blocks}
+        if hidden != {4 * model.embed_dim}:  # the study's 12 slots: fc1 and fc2 as 4 chunks each
+            raise ValueError(f"method '{self.name}' needs MLPs 4x the width ({4 * model.embed_dim}); "
+                             f"this model's are {', '.join(map(str, sorted(hidden)))}")
         factors = FactFactors(model.embed_dim, self.fact_dim, len(model.blocks), self.tensor_cores)
         model.fact = factors
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..layers import ChannelAffine, OutputAffine
 from ..registry import ON, MethodConfig, register_method
 
@@ -37,4 +39,6 @@ class SSF(MethodConfig):
             block.norm2 = _ssf(block.norm2, dim)
             block.mlp.fc1 = _ssf(block.mlp.fc1, block.mlp.fc1.out_features)
             block.mlp.fc2 = _ssf(block.mlp.fc2, dim)
-        model.norm = _ssf(model.norm, dim)
+        # the final norm: ``norm``, or ``fc_norm`` after pooling on timm's pooled (gap) ViTs
+        final = "norm" if not isinstance(model.norm, nn.Identity) else "fc_norm"
+        setattr(model, final, _ssf(getattr(model, final), dim))
