@@ -141,6 +141,8 @@ class Resources(StrictModel):
 class Mlflow(StrictModel):
     tracking_uri: Annotated[str | None, AfterValidator(_tracking_uri)] = None
     experiment: str | None = Field(None, description="default: the study's name")
+    outage_limit: float = Field(1800.0, gt=0, description="seconds the tracking server may be away (its writes "
+                                "kept, sent when it is back) before the driver stops; the study resumes later")
 
 
 class DatasetSettings(StrictModel):

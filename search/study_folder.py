@@ -79,7 +79,18 @@ CREATE TABLE IF NOT EXISTS mlflow_runs (  -- where the tracker logs: the experim
     kind TEXT NOT NULL, name TEXT NOT NULL, run_id TEXT NOT NULL,  -- experiment | cell | trial
     PRIMARY KEY (kind, name)
 );
+CREATE TABLE IF NOT EXISTS mlflow_outbox (  -- MLflow writes the server has not taken yet, in order
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL  -- JSON (search/tune/outbox.py); its file, if any, in OUTBOX_FILES
+);
 """
+OUTBOX_FILES = "mlflow_outbox"  # artifacts of the MLflow writes still to send
+
+
+def count_outbox(study_dir: str | Path) -> int:
+    """MLflow writes kept while the tracking server was away (sent when it is back)."""
+    rows = _query(study_dir, "SELECT COUNT(*) FROM mlflow_outbox")
+    return rows[0][0] if rows else 0
 
 
 def connect_state(study_dir: str | Path, write: bool = False) -> sqlite3.Connection | None:

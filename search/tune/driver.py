@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from ..cluster.storage import check_shared_storage
+from ..errors import RunFailed
 from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study, portable_mapping
 from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, check_writable,
@@ -16,7 +17,7 @@ from .replay import ASHA_NOTE, Replay, replay_trial
 from .scheduler import CellASHA
 from .searcher import StudySearcher
 from .status import totals
-from .tracking import StudyTracker
+from .tracking import OUTAGE_STOP, StudyTracker
 
 # Tune's experiment snapshot writes every trial, so its period stays Ray's "auto" (>= 10 s, under
 # 5 % of the driver's time); it is also taken at every trial checkpoint (num_to_keep=1). Our own
@@ -137,8 +138,20 @@ def run_study(study_file: Path, out: Path | None = None, replay: Replay | None =
                                     max_concurrent_trials=study.search.max_concurrent,
                                     trial_dirname_creator=trial_dirname, reuse_actors=study.search.reuse_actors),
         run_config=_run_config(study, study_dir, uri))
-    tuner.fit()
+    _fit(tuner, study_dir)
     return study_dir
+
+
+def _fit(tuner, study_dir: Path) -> None:
+    """Run Tune to its end, or to a stop the MLflow tracker asked for (the server away too long):
+    then one line saying so, exit 1, and the study resumes later."""
+    stop = study_dir / OUTAGE_STOP
+    stop.unlink(missing_ok=True)
+    tuner.fit()
+    if stop.is_file():
+        message = stop.read_text()
+        stop.unlink()
+        raise RunFailed(message)
 
 
 def _replay_notice(study: Study) -> None:
@@ -160,5 +173,5 @@ def resume_study(study_dir: Path) -> Path:
         _replay_notice(study)
     tuner = tune.Tuner.restore(str(tune_dir(study_dir)), trainable=_trainable(study, replay),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
-    tuner.fit()
+    _fit(tuner, study_dir)
     return study_dir

@@ -3,12 +3,17 @@
 One experiment per study; one parent run per cell (``phase=cell``); one child run per trial
 (``phase=tune`` or ``phase=final``) with per-epoch metrics, the resolved config and, for final
 runs, the adapter. Run ids are kept in the search state so a resumed driver continues the same
-runs instead of opening new ones.
+runs instead of opening new ones. Every write goes through ``outbox``: what the tracking server
+cannot take while it is away is kept and sent when it is back; away longer than the study's
+``mlflow.outage_limit``, the driver stops as on Ctrl-C (the study resumes later).
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +30,12 @@ from ..mlflow_layout import STATE, get_experiment_id
 from ..study_folder import DONE, FAILED, STUDY_COPY, read_cell_trials, read_mlflow_runs, read_trials, trial_finished
 from ..study import Cell, Study
 from .cell_summary import draw_search, write_trials_csv
+from .outbox import Outbox, server_away
 from .outcome import MLFLOW_STATUS, TRIAL_ERROR, decide
 from .store import SearchStore
 
+OUTAGE_STOP = "mlflow_outage.txt"  # written when the tracker stopped the driver: why, for the CLI
+RETRY_SECONDS = 5.0  # while the server is away, how often the outbox tries again
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
                  "test_top1", "test_top5", "lr")
 
@@ -38,7 +46,10 @@ class StudyTracker(Callback):
         self._client: MlflowClient | None = None
         self._store: SearchStore | None = None
         self.runs: dict = {"experiment_id": None, "cells": {}, "trials": {}}  # read at setup
-        self.open_runs: set[str] = set()
+        self.open_trials: set[str] = set()  # trials whose run may still get writes
+        self.queued = 0  # writes in the outbox
+        self.away_since: float | None = None  # the server stopped answering then
+        self.last_try = 0.0
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_store")}
@@ -68,10 +79,20 @@ class StudyTracker(Callback):
             self.runs[f"{kind}s"][name] = run_id
         self.store.save_mlflow_run(kind, name, run_id)
 
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox(self.store.conn, self.study_dir)
+
     def setup(self, **info) -> None:
+        # A write waits at most a few retries: while the server is away, the outbox keeps it.
+        for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+            os.environ.setdefault(name, value)
         self.runs = read_mlflow_runs(self.study_dir)
         local_artifacts = None if self.uri.startswith(("http", "databricks")) else self.study_dir / "mlartifacts"
         self._remember("experiment", "", get_experiment_id(self.client, self.study.experiment, local_artifacts))
+        self.queued = len(self.outbox)
+        self.flush()  # what a stopped or killed driver could not send
         # The study as it started, as the experiment's description (the UI shows it above the runs).
         frozen = self.study_dir / STUDY_COPY
         if frozen.is_file():
@@ -80,7 +101,7 @@ class StudyTracker(Callback):
         # Runs a trial may still finish: after a crash, those left running (one query, not one per trial).
         running = self.client.search_runs([self.runs["experiment_id"]], "attributes.status = 'RUNNING'",
                                           max_results=50000)
-        self.open_runs = {run.info.run_id for run in running}
+        self.open_trials = {run.data.tags["trial_id"] for run in running if "trial_id" in run.data.tags}
         self._settle_runs_left_open(running)
         for cell in self.study.cells():
             if cell.id in self.runs["cells"]:
@@ -89,6 +110,67 @@ class StudyTracker(Callback):
                 "study": self.study.name, "dataset": cell.dataset, "method": cell.method,
                 "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
             self._remember("cell", cell.id, run.info.run_id)
+
+    # -- sending, or keeping what the server cannot take -----------------------------------
+    def send(self, op: dict) -> None:
+        """Write ``op`` now; while the server is away (or older writes wait), keep it in order."""
+        if not self.queued and self._try(op):
+            return
+        self.outbox.put(op)
+        self.queued += 1
+        if time.monotonic() - self.last_try >= RETRY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        outbox = self.outbox
+        for seq, op in outbox.pending():
+            if not self._try(op):
+                return
+            outbox.sent(seq, op)
+            self.queued -= 1
+
+    def _try(self, op: dict) -> bool:
+        """Whether ``op`` is done with: written, or refused by the server (said, then dropped)."""
+        self.last_try = time.monotonic()
+        try:
+            getattr(self, f"_do_{op['do']}")(**{k: v for k, v in op.items() if k != "do"})
+        except Exception as err:  # noqa: BLE001 -- the server's, the network's or the store's
+            if not server_away(err):
+                print(f"[peft-search] MLflow refused a write ({op['do']} {op.get('trial_id', op.get('cell', ''))}): "
+                      f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr, flush=True)
+                return True
+            self._away(err)
+            return False
+        if self.away_since is not None:
+            print(f"[peft-search] MLflow at {self.uri} is back after {time.time() - self.away_since:.0f} s; "
+                  f"sending {self.queued} kept writes", file=sys.stderr, flush=True)
+            self.away_since = None
+        return True
+
+    def _away(self, err: Exception) -> None:
+        now = time.time()
+        if self.away_since is None:
+            self.away_since = now
+            print(f"[peft-search] MLflow at {self.uri} is not answering ({type(err).__name__}); its writes are "
+                  f"kept in the study folder and sent when it is back", file=sys.stderr, flush=True)
+        elif now - self.away_since > self.study.mlflow.outage_limit and not (self.study_dir / OUTAGE_STOP).exists():
+            (self.study_dir / OUTAGE_STOP).write_text(
+                f"MLflow at {self.uri} did not answer for {now - self.away_since:.0f} s (mlflow.outage_limit "
+                f"{self.study.mlflow.outage_limit:g} s); the driver stopped with {self.queued} writes kept: "
+                f"`peft-search resume {self.study_dir}` when it is back")
+            if not callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler is not there (not the main thread)
+                raise RuntimeError((self.study_dir / OUTAGE_STOP).read_text())
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop, as Ctrl-C: resumable
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self.queued and time.monotonic() - self.last_try >= RETRY_SECONDS:
+            self.flush()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """The last trial is done: wait for the server to take what is kept, up to the limit."""
+        while self.queued and not (self.study_dir / OUTAGE_STOP).exists():
+            time.sleep(max(0.0, RETRY_SECONDS - (time.monotonic() - self.last_try)))
+            self.flush()
 
     def _settle_runs_left_open(self, running: list) -> None:
         """Trial runs a crash left running. Deleted: runs of trials the searcher forgot on restore
@@ -115,47 +197,32 @@ class StudyTracker(Callback):
                 self.client.set_terminated(run_id, MLFLOW_STATUS[record["status"]])
             else:
                 continue
-            self.open_runs.discard(run_id)
+            self.open_trials.discard(trial_id)
 
-    # -- Tune callback hooks -----------------------------------------------------------------
+    # -- Tune callback hooks: each one's writes, as operations --------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        runs = self.runs
-        config = trial.config
-        if trial.trial_id in runs["trials"]:  # resumed or retried: continue the same run
-            run_id = runs["trials"][trial.trial_id]
+        if trial.trial_id in self.runs["trials"] or trial.trial_id in self.open_trials:  # resumed or retried
             # A trial that ended before a crash is started again by Tune only to return at once.
-            if run_id not in self.open_runs and not trial_finished(self.study_dir, trial.trial_id):
-                self.client.update_run(run_id, status="RUNNING")
-                self.open_runs.add(run_id)
+            if trial.trial_id not in self.open_trials and not trial_finished(self.study_dir, trial.trial_id):
+                self.open_trials.add(trial.trial_id)
+                self.send({"do": "reopen", "trial_id": trial.trial_id})
             return
-        cell = config["cell"]
-        parsed = Cell.parse(cell)
-        dataset, method = parsed.dataset, parsed.method
-        tags = {"mlflow.parentRunId": runs["cells"][cell], "study": self.study.name, "cell": cell,
-                "dataset": dataset, "method": method, "backbone": self.study.backbone,
-                "phase": config["phase"], "trial_id": trial.trial_id}
-        run = self.client.create_run(runs["experiment_id"], run_name=f"{cell} {trial.trial_id}", tags=tags)
-        run_id = run.info.run_id
+        config = trial.config
         # Every training setting and hyper-parameter, not only the searched ones, so MLflow's
         # compare view and parallel-coordinates plot line a cell's trials up on all of them.
         settings = {k: v for k, v in config["train"].items() if k != "hp"}
-        params = {**settings, **config["train"]["hp"], "method": method, **config["params"]}
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.yaml"
-            path.write_text(yaml.safe_dump(config["train"], sort_keys=True))
-            # The store of the run just created, without asking the tracking server for it again.
-            get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri).log_artifact(str(path))
-        self._remember("trial", trial.trial_id, run_id)
-        self.open_runs.add(run_id)
+        params = {**settings, **config["train"]["hp"], "method": Cell.parse(config["cell"]).method, **config["params"]}
+        self.open_trials.add(trial.trial_id)
+        self.send({"do": "trial_run", "trial_id": trial.trial_id, "cell": config["cell"], "phase": config["phase"],
+                   "params": {k: str(v) for k, v in params.items()},
+                   "config_yaml": yaml.safe_dump(config["train"], sort_keys=True)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.runs["trials"].get(trial.trial_id)
-        if run_id is None:
+        if trial.trial_id not in self.open_trials:
             return
         now, step = int(time.time() * 1000), int(result.get("epoch", 0))
-        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        self.send({"do": "log", "trial_id": trial.trial_id,
+                   "metrics": [[k, float(result[k]), now, step] for k in EPOCH_METRICS if k in result]})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, error=False)
@@ -164,37 +231,72 @@ class StudyTracker(Callback):
         self._finish(trial, error=True)
 
     def _finish(self, trial, error: bool) -> None:
-        runs = self.runs
-        run_id = runs["trials"].get(trial.trial_id)
-        if run_id not in self.open_runs:
+        if trial.trial_id not in self.open_trials:
             return  # finished before a resume: nothing to add
-        result = trial.last_result or {}
-        config = trial.config
+        trial_id, result, config = trial.trial_id, trial.last_result or {}, trial.config
         epochs = int(result.get("epoch", 0))
         state = decide(error=error or bool(result.get(TRIAL_ERROR)), epochs=epochs,
                        planned_epochs=config["train"]["epoch"], early_stopped=bool(result.get("early_stopped")))
         final_metrics = {"inserted_params": result.get("inserted_params"), "epochs_run": epochs,
                          "trial_seconds": result.get("trial_seconds")}
         now = int(time.time() * 1000)
-        tags = [RunTag("state", state)] + [RunTag(key, str(result[key])[:5000]) for key in ("note", TRIAL_ERROR)
-                                           if result.get(key)]
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epochs)
-                                               for k, v in final_metrics.items() if v is not None], tags=tags)
+        tags = {"state": state, **{key: str(result[key])[:5000] for key in ("note", TRIAL_ERROR) if result.get(key)}}
+        self.send({"do": "log", "trial_id": trial_id, "tags": tags,
+                   "metrics": [[k, float(v), now, epochs] for k, v in final_metrics.items() if v is not None]})
         if result.get("traceback"):
-            self.client.log_text(run_id, result["traceback"], "error.txt")
+            self.send({"do": "text", "trial_id": trial_id, "text": result["traceback"], "name": "error.txt"})
         if config["phase"] == "final" and state != FAILED and trial.checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp, trial.checkpoint.as_directory() as folder:
                 meta = {"method": config["train"]["method"], "hp": config["train"]["hp"],
                         "backbone": config["train"]["backbone"]}
                 adapter = adapter_from_checkpoint(Path(folder), Path(tmp) / "adapter.safetensors", meta)
-                self.client.log_artifact(run_id, str(adapter))
+                self.send({"do": "file", "trial_id": trial_id, "file": str(adapter), "folder": None})
                 if (Path(folder) / "predictions_test.npz").is_file():  # train: {save_predictions: true}
                     kept = shutil.copy(Path(folder) / "predictions_test.npz", Path(tmp) / "test.npz")
-                    self.client.log_artifact(run_id, str(kept), "predictions")
-        self.client.set_terminated(run_id, MLFLOW_STATUS[state])
-        self.open_runs.discard(run_id)
+                    self.send({"do": "file", "trial_id": trial_id, "file": str(kept), "folder": "predictions"})
+        self.send({"do": "end", "trial_id": trial_id, "status": MLFLOW_STATUS[state]})
+        self.open_trials.discard(trial_id)
         if config["phase"] == "final":
-            self._maybe_close_cell(config["cell"], runs)
+            self.send({"do": "close_cell", "cell": config["cell"]})
+
+    # -- the operations ----------------------------------------------------------------------
+    def _do_trial_run(self, trial_id: str, cell: str, phase: str, params: dict, config_yaml: str) -> None:
+        run_id, artifact_uri = self.runs["trials"].get(trial_id), None
+        if run_id is None:  # (a retried write may have created it already)
+            parsed = Cell.parse(cell)
+            tags = {"mlflow.parentRunId": self.runs["cells"][cell], "study": self.study.name, "cell": cell,
+                    "dataset": parsed.dataset, "method": parsed.method, "backbone": self.study.backbone,
+                    "phase": phase, "trial_id": trial_id}
+            run = self.client.create_run(self.runs["experiment_id"], run_name=f"{cell} {trial_id}", tags=tags)
+            run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
+            self._remember("trial", trial_id, run_id)
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(config_yaml)
+            if artifact_uri is None:
+                self.client.log_artifact(run_id, str(path))
+            else:  # the store of the run just created, without asking the server for it again
+                get_artifact_repository(artifact_uri, tracking_uri=self.uri).log_artifact(str(path))
+
+    def _do_reopen(self, trial_id: str) -> None:
+        self.client.update_run(self.runs["trials"][trial_id], status="RUNNING")
+
+    def _do_log(self, trial_id: str, metrics: list = (), tags: dict | None = None) -> None:
+        self.client.log_batch(self.runs["trials"][trial_id], metrics=[Metric(*m) for m in metrics],
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+
+    def _do_text(self, trial_id: str, text: str, name: str) -> None:
+        self.client.log_text(self.runs["trials"][trial_id], text, name)
+
+    def _do_file(self, trial_id: str, file: str, folder: str | None) -> None:
+        self.client.log_artifact(self.runs["trials"][trial_id], file, folder)
+
+    def _do_end(self, trial_id: str, status: str) -> None:
+        self.client.set_terminated(self.runs["trials"][trial_id], status)
+
+    def _do_close_cell(self, cell: str) -> None:
+        self._maybe_close_cell(cell, self.runs)
 
     def _maybe_close_cell(self, cell: str, runs: dict) -> None:
         """When every final run of a cell is in, summarise it on the cell's parent run: the test
