@@ -103,6 +103,8 @@ class MethodConfig:
     # value), and the placement flags it implements (key -> allowed values; None: not given).
     study_switches: ClassVar[dict[str, Any]] = {}
     study_modes: ClassVar[dict[str, tuple]] = {}
+    # A method the study picks by its file's ``method_name`` alone (no flag describes it).
+    study_method_name: ClassVar[str | None] = None
     # How the study's state dict names this method's own tensors, read by ``our_name``: a regular
     # expression matching a whole study name -> our name (a ``re.Match.expand`` template).
     study_names: ClassVar[dict[str, str]] = {}
@@ -216,6 +218,10 @@ def method_from_study_keys(values: Mapping[str, Any], source: str) -> str:
     """
     switch_keys = {k for cls in _METHODS.values() for k in cls.study_switches}
     on = {k: v for k, v in values.items() if k in switch_keys and v}
+    by_name = [cls.name for cls in _METHODS.values() if cls.study_method_name is not None
+               and cls.study_method_name == values.get("method_name")]
+    if by_name and not on:
+        return by_name[0]
     named = [cls for cls in _METHODS.values() if on and cls.study_switches.keys() == on.keys()
              and all(want is ON or on[k] == want for k, want in cls.study_switches.items())]
     fits = [cls.name for cls in named

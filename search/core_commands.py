@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, e.g. --set lr=0.01 (repeatable)")
     p.add_argument("--out", type=Path, help="folder for the adapter (safetensors) and resolved config")
+    p.add_argument("--check", action="store_true",
+                   help="validate and print the resolved configuration (and the grid the files list); no training")
     p.set_defaults(func=train)
 
     p = sub.add_parser("data", help="build the bundled mini-VTAB tasks in the VTAB-1K layout")
@@ -93,6 +95,8 @@ def train(args: argparse.Namespace) -> int:
     from peft_core.checkpoint import save_adapter
     from peft_core.run_config import load_train_config
     from peft_core.train import TrainingDiverged, check_inputs, train as train_run
+    if args.check:
+        return check_train_config(args.config, args.set)
     config = load_train_config(args.config, args.set)
     if args.out is not None:
         if (args.out / "adapter.safetensors").exists():
@@ -115,6 +119,23 @@ def train(args: argparse.Namespace) -> int:
                      {"method": config.method, "hp": config.hp, "backbone": config.backbone})
         (args.out / "metrics.json").write_text(json.dumps(summary, sort_keys=True))
     print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def check_train_config(paths: list[Path], overrides: list[str]) -> int:
+    """``train --check``: the run the files describe, resolved (the study's flags to a method, its
+    keys to ours), and the grid they list with its size; every point validated, nothing run."""
+    import math
+
+    from peft_core.run_config import merged_values, resolve_grid
+    config, grid = resolve_grid(*merged_values(paths, overrides))
+    resolved = config.to_dict()
+    for key, points in grid.items():  # the grid's keys as the lists they are
+        (resolved["hp"] if key in resolved["hp"] else resolved)[key] = points
+    print(yaml.safe_dump(resolved, sort_keys=True), end="")
+    size = math.prod(len(points) for points in grid.values())
+    print(f"# method {config.method}; " + (f"grid of {size} points: " + ", ".join(
+        f"{k} x{len(v)}" for k, v in grid.items()) if grid else "one point (no grid)"))
     return 0
 
 

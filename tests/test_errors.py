@@ -35,7 +35,7 @@ def test_unknown_hyperparameter_names_it_and_the_allowed_keys(vit):
     ("lora", {"lora_bottleneck": "8"}, "int >= 1"),
     ("adaptformer", {"adapter_scaler": -1.0}, "float >= 0.0"),
     ("convpass", {"convpass_xavier_init": "yes"}, "bool"),
-    ("attn_tune", {"attention_type": "kv"}, "one of qkv, proj, both"),
+    ("attn_tune", {"attention_type": "kv"}, "one of qkv, proj, full"),
     ("vpt_deep", {"vpt_num": 0}, "int >= 1"),
     ("block_tune", {"block_index": []}, "list"),
 ])

@@ -1,5 +1,8 @@
-"""The study's YAML flags name a method through each method's own declaration."""
+"""The study's YAML flags name a method through each method's own declaration, and the study's
+own files work unchanged: every default file with every method file of its scenario resolves
+(``train --check``) to the method the study meant, with the grid the file lists."""
 import functools
+import math
 import re
 from pathlib import Path
 
@@ -9,6 +12,8 @@ import yaml
 import peft_core
 from peft_core import registry
 from peft_core.registry import ON, get_method, method_from_study_keys, study_flag_keys
+from peft_core.run_config import load_train_config, merged_values, resolve_grid
+from search.cli import main
 
 PETL_CONFIG = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "petl_config"
 METHOD_FILES = sorted(PETL_CONFIG.glob("method*/*.yml"))
@@ -108,7 +113,8 @@ def test_study_flag_keys_come_from_the_methods():
     assert study_flag_keys() == {
         "full", "ssf", "bitfit", "ln", "difffit", "vpt_mode", "vpt_layer", "vpt_dropout", "fact_type",
         "ft_mlp_module", "ft_mlp_mode", "ft_mlp_ln", "ft_attn_module", "ft_attn_mode", "ft_attn_ln",
-        "adapter_init", "lora_bottleneck", "vqt_num", "attention_index", "mlp_index", "block_index"}
+        "adapter_init", "lora_bottleneck", "vqt_num", "attention_index", "mlp_index", "block_index",
+        "convpass_init", "repadapter_init", "vqt_dropout"}
 
 
 @pytest.mark.parametrize("method", [m for m in peft_core.methods() if get_method(m).study_switches])
@@ -136,8 +142,8 @@ def _study_name(method_file: Path) -> str:
     """The registered method a study method file is for, from its ``method_name``."""
     name = re.sub(r"(_\d+)+$", "", _read(method_file).get("method_name") or "")
     renamed = {"attn_full": "attn_tune", "mlp_full": "mlp_tune", "block": "block_tune"}
-    # template.yml names no method; zero_shot.yml, like linear.yml, sets no flag.
-    return renamed.get(name, "linear" if name in ("", "zero_shot") else name)
+    # template.yml names no method; zero_shot.yml sets no flag, only its name.
+    return renamed.get(name, name or "linear")
 
 
 @pytest.mark.skipif(not PETL_CONFIG.is_dir(), reason="../shared/fixtures not present")
@@ -149,3 +155,53 @@ def test_the_study_method_files_name_their_method_alone_and_after_every_default(
     for default in DEFAULT_FILES:
         merged = {**_read(default), **flags}
         assert method_from_study_keys(merged, f"{default} + {method_file}") == expected
+
+
+# -- whole files: `train --check` on every default file with each method file of its scenario --
+SCENARIOS = {"default_vtab_processed": "method", "default_cifar100*": "method_cifar",
+             "default_resisc*": "method_resisc", "default_clevr": "method_clevr",
+             "clip_fs_imagenet": "method-imagenet"}
+PAIRS = [(default, method) for pattern, folder in SCENARIOS.items()
+         for default in sorted(PETL_CONFIG.glob(f"{pattern}.yml"))
+         for method in sorted((PETL_CONFIG / folder).glob("*.yml"))]
+def test_every_scenario_has_its_pairs():
+    assert len(PAIRS) >= 300 and {d.stem for d, _ in PAIRS} >= {"default_vtab_processed", "default_clevr",
+                                                                 "clip_fs_imagenet", "default_resisc_500"}
+
+
+@pytest.mark.parametrize("default, method_file", PAIRS, ids=lambda p: p.stem if isinstance(p, Path) else p)
+def test_a_study_pair_resolves_to_the_method_it_means_with_its_grid(default, method_file):
+    config, grid = resolve_grid(*merged_values([default, method_file]))
+    assert config.method == _study_name(method_file)
+    listed = {k: v for k, v in (yaml.safe_load(method_file.read_text()) or {}).items() if isinstance(v, list)}
+    assert grid == listed  # the lists the method file gives, and nothing else, make the grid
+
+
+def test_train_check_prints_the_resolved_run_and_its_grid_size(capsys):
+    default, method = PETL_CONFIG / "default_vtab_processed.yml", PETL_CONFIG / "method" / "fact_tk.yml"
+    assert main(["train", "--config", str(default), "--config", str(method), "--check"]) == 0
+    out = capsys.readouterr().out
+    resolved = yaml.safe_load(out)
+    assert resolved["method"] == "fact_tk" and resolved["hp"]["fact_dim"] == [16, 32, 64]
+    assert (resolved["backbone"], resolved["epoch"], resolved["eval_freq"]) == ("vit_b16_in21k", 100, 200)
+    size = math.prod(len(v) for v in yaml.safe_load(method.read_text()).values() if isinstance(v, list))
+    assert f"grid of {size} points" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer=sgd", "optimizer: 'sgd' is not supported; this project runs 'adamw'"),
+    ("crop_size=384", "crop_size: 384 is not backbone 'vit_b16_in21k''s input size 224"),
+    ("attention_index=(1, 2", "attention_index: '(1, 2' is not a list of block indices"),
+])
+def test_a_study_value_this_project_does_not_run_is_one_line(override, message, capsys):
+    default, method = PETL_CONFIG / "default_cifar100.yml", PETL_CONFIG / "method_cifar" / "attn_full_11.yml"
+    assert main(["train", "--config", str(default), "--config", str(method), "--set", override, "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_run_is_one_point_of_a_listed_grid():
+    files = [PETL_CONFIG / "default_vtab_processed.yml", PETL_CONFIG / "method" / "lora.yml"]
+    with pytest.raises(ValueError, match=r"lora_bottleneck lists 4 values \(a grid of 4 points\); a run is one point"):
+        load_train_config(files)
+    assert load_train_config(files, {"lora_bottleneck": 8}).hp["lora_bottleneck"] == 8

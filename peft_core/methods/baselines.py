@@ -40,6 +40,7 @@ class ZeroShot(MethodConfig):
     identity_at_init = True
     trains_head = False
     role = "zero_shot"
+    study_method_name = "zero_shot"  # the study's method file sets no flag, only the name
 
     def attach(self, model) -> None:
         pass

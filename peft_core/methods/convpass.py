@@ -59,7 +59,8 @@ class ConvPass(Scalable):
     # Beside both branches, fed their normed input ("ln after").
     study_switches = {"ft_attn_module": "convpass", "ft_mlp_module": "convpass"}
     study_modes = {"ft_attn_mode": ("parallel", None), "ft_mlp_mode": ("parallel", None),
-                   "ft_attn_ln": ("after", None), "ft_mlp_ln": ("after", None)}
+                   "ft_attn_ln": ("after", None), "ft_mlp_ln": ("after", None),
+                   "convpass_init": ("lora_xavier", None)}  # the study's default init: ours
     study_names = {r"blocks\.(\d+)\.ft_(attn|mlp)_module\.adapter_(down|conv|up)\.(\w+)":
                    r"blocks.\1.\2.delta.\3.\4"}
     convpass_bottleneck: int = hp(8, "bottleneck width r", grid=[8, 16], low=1)

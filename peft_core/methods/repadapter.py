@@ -40,7 +40,8 @@ class RepAdapter(Scalable):
     identity_at_init = True
     study_switches = {"ft_attn_module": "repadapter", "ft_mlp_module": "repadapter"}
     study_modes = {"ft_attn_mode": ("sequential_before", None),
-                   "ft_mlp_mode": ("sequential_before", None)}
+                   "ft_mlp_mode": ("sequential_before", None),
+                   "repadapter_init": ("lora_xavier", None)}  # the study's default init: ours
     # The study's ft_attn_module sits before qkv, its ft_mlp_module before fc1.
     study_names = {r"blocks\.(\d+)\.ft_attn_module\.conv_A\.(\w+)": r"blocks.\1.attn.qkv.delta.down.\2",
                    r"blocks\.(\d+)\.ft_mlp_module\.conv_A\.(\w+)": r"blocks.\1.mlp.fc1.delta.down.\2",

@@ -33,10 +33,10 @@ class AttnTune(MethodConfig):
     changes_weights = True
     study_switches = {"attention_index": ON}
     attention_index: list[int] = hp([-1], "block indices")
-    attention_type: str = hp("both", "which projections", choices=["qkv", "proj", "both"])
+    attention_type: str = hp("full", "which projections (full: both, the study's name)", choices=["qkv", "proj", "full"])
 
     def attach(self, model) -> None:
-        parts = ["qkv", "proj"] if self.attention_type == "both" else [self.attention_type]
+        parts = ["qkv", "proj"] if self.attention_type == "full" else [self.attention_type]
         _train_parts(model, self.name, "attention_index", self.attention_index, "attn", parts)
 
 
@@ -49,10 +49,10 @@ class MlpTune(MethodConfig):
     changes_weights = True
     study_switches = {"mlp_index": ON}
     mlp_index: list[int] = hp([-1], "block indices")
-    mlp_type: str = hp("both", "which layers", choices=["fc1", "fc2", "both"])
+    mlp_type: str = hp("full", "which layers (full: both, the study's name)", choices=["fc1", "fc2", "full"])
 
     def attach(self, model) -> None:
-        parts = ["fc1", "fc2"] if self.mlp_type == "both" else [self.mlp_type]
+        parts = ["fc1", "fc2"] if self.mlp_type == "full" else [self.mlp_type]
         _train_parts(model, self.name, "mlp_index", self.mlp_index, "mlp", parts)
 
 

@@ -65,6 +65,7 @@ class VQT(MethodConfig):
     aliases = {"num_tokens": "vqt_num"}
     cannot_merge = "query tokens add features the head reads; they do not fold into weights"
     study_switches = {"vqt_num": ON}  # the study's default file sets it to 0: off
+    study_modes = {"vqt_dropout": (None, 0, 0.0)}  # no dropout on the query tokens here
     vqt_num: int = hp(10, "query tokens per block", low=1)
 
     def attach(self, model) -> None:
