@@ -2,20 +2,30 @@
 
 When only the head trains, the backbone is a fixed function of the image (no augmentation, eval
 mode): compute its pre-logit features once and train the head on them. Batches use the same
-per-epoch order as image training, so the head equals what uncached training with an eval-mode
-backbone gives.
+per-epoch order as image training, so the head equals what uncached training gives -- when the
+backbone computes the same in train mode, i.e. without drop-path or dropout. The study trains the
+head under a train-mode backbone (drop-path 0.1: noisy features), so by default the cache is used
+only where it is exact; ``feature_cache: true`` asks for it by name (faster, another baseline).
 """
 from __future__ import annotations
 
 import torch
+from timm.layers import DropPath
 
 from .api import config_of
 
 
 def cacheable(model: torch.nn.Module) -> bool:
-    """Default: on for linear probing (nothing but the head trains)."""
+    """Default: on for linear probing (nothing but the head trains) on a backbone whose training
+    forward has no randomness, so cached eval-mode features are exactly what training sees."""
     config = config_of(model)
-    return config is not None and config.name == "linear"
+    return config is not None and config.name == "linear" and not stochastic(model)
+
+
+def stochastic(model: torch.nn.Module) -> bool:
+    """Whether the training forward draws at random (drop-path or dropout with a rate)."""
+    return any((isinstance(m, DropPath) and m.drop_prob > 0) or (isinstance(m, torch.nn.Dropout) and m.p > 0)
+               for m in model.modules())
 
 
 class FeatureCache:

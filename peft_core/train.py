@@ -96,7 +96,7 @@ class TrainSettings(StrictModel):
     early_patience: int = Field(0, ge=0)  # evaluations without improvement before stopping (0: never)
     final_acc_hp: bool = True  # final: test the last epoch; false: train on train, test the best-val epoch
     save_predictions: bool = False  # final: keep test logits + labels (predictions_test.npz by the checkpoint)
-    feature_cache: bool | None = None  # None: on for linear probing
+    feature_cache: bool | None = None  # None: on for linear probing where exact (no drop-path, no dropout)
     preload: bool | None = None  # keep decoded images in memory; None: when under 1 GiB
     device: Annotated[str, AfterValidator(_device_name)] = "auto"
     bf16: bool = False

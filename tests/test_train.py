@@ -139,6 +139,18 @@ def test_feature_cache_gives_the_same_head_as_uncached_eval_mode_training(minivt
     assert cached.metrics["val_top1"] == uncached.metrics["val_top1"]
 
 
+def test_linear_probing_under_drop_path_trains_the_head_on_train_mode_features_as_the_study(minivtab):
+    """With drop-path the study's head sees noisy train-mode features: the cache (eval-mode
+    features) would be another baseline, so by default it is off and the run equals a plain one."""
+    config = tiny(minivtab, method="linear", epoch=3, drop_path_rate=0.1, lr=0.01)
+    default = train(config)
+    plain = train(TrainConfig(**{**config.to_dict(), "feature_cache": False}))
+    cached = train(TrainConfig(**{**config.to_dict(), "feature_cache": True}))  # asked for by name
+    assert torch.equal(default.model.head.weight, plain.model.head.weight)
+    assert default.history == plain.history
+    assert not torch.allclose(cached.model.head.weight, plain.model.head.weight, atol=1e-5)
+
+
 def one_line(fn, *args, **kwargs) -> str:
     with pytest.raises(ValueError) as info:
         fn(*args, **kwargs)
