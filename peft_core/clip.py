@@ -1,13 +1,14 @@
 """CLIP's image tower with a classifier built from class-name text embeddings (SPEC 4.3).
 
 The open_clip model's image tower is converted to timm's ``VisionTransformer`` layout by timm's
-own converter, which puts CLIP's image projection in ``head``. The projection moves to timm's
-``fc_norm`` slot followed by L2 normalisation (``ImageEmbedding``): there it is a frozen backbone
-part for every PEFT method (``full`` trains it, like everything else) and the pre-logits feature is
-the normalised image embedding. ``head`` becomes a Linear whose rows are the class names' text
-embeddings (prompt templates filled in, encoded, each normalised, averaged, renormalised) times
-exp(logit_scale), bias zero. The text tower only builds that head, which is cached as safetensors
-keyed by the text tower's weights, the class names and the templates; then it is dropped.
+own converter, which puts CLIP's image projection in ``head``. As in the study, ``head`` becomes
+``Sequential(projection, TextHead)``: the text head L2-normalises the image embedding, then a
+Linear whose rows are the class names' text embeddings (prompt templates filled in, encoded, each
+normalised, averaged, renormalised) times exp(logit_scale), bias zero. Both are the classifier:
+every method that trains the head trains the projection too (the study trains every parameter
+named "head"), and inserted-parameter counts leave both out. The text tower only builds that
+head, which is cached as safetensors keyed by the text tower's weights, the class names and the
+templates; then it is dropped.
 """
 from __future__ import annotations
 
@@ -32,15 +33,11 @@ CLASS_NAME_SETS = {"imagenet": INFO / "imagenet_classnames.txt"}  # OpenAI's Ima
 TEMPLATE_SETS = {"openai": INFO / "openai_imagenet_templates.txt"}  # CLIP paper's 80 prompts
 
 
-class ImageEmbedding(nn.Module):
-    """CLIP's image projection (no bias), then L2 normalisation: what the text head compares."""
-
-    def __init__(self, proj: nn.Linear) -> None:
-        super().__init__()
-        self.proj = proj
+class TextHead(nn.Linear):
+    """The study's text-built classifier: the image embedding L2-normalised, then Linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(x), dim=-1)
+        return super().forward(F.normalize(x, dim=-1))
 
 
 def _lines(source: str | Path | Sequence[str], builtin: dict[str, Path], what: str) -> list[str]:
@@ -148,22 +145,19 @@ def cached_text_head(clip_model: nn.Module, tokenizer, name: str, class_names: S
 
 
 def attach_text_head(model: VisionTransformer, weight: torch.Tensor) -> VisionTransformer:
-    """Turn a timm CLIP tower whose ``head`` is CLIP's projection into a text-head classifier."""
-    if not isinstance(model.fc_norm, nn.Identity):
-        raise ValueError(f"the CLIP tower's fc_norm must be empty to hold the projection, got "
-                         f"{type(model.fc_norm).__name__}")
+    """Turn a timm CLIP tower whose ``head`` is CLIP's projection into a text-head classifier:
+    ``head = Sequential(projection, TextHead)``."""
     projection = model.head
     if projection.weight.shape[0] != weight.shape[1]:
         raise ValueError(f"text head width {weight.shape[1]} does not match the image projection "
                          f"width {projection.weight.shape[0]}")
     proj = nn.Linear(projection.in_features, projection.out_features, bias=False)
     proj.weight = projection.weight  # timm's converter gives the projection a zero bias: dropped
-    model.fc_norm = ImageEmbedding(proj)
-    head = nn.Linear(weight.shape[1], weight.shape[0]).to(projection.weight)
+    text = TextHead(weight.shape[1], weight.shape[0]).to(projection.weight)
     with torch.no_grad():
-        head.weight.copy_(weight)
-        head.bias.zero_()
-    model.head = head
+        text.weight.copy_(weight)
+        text.bias.zero_()
+    model.head = nn.Sequential(proj, text)
     model.num_classes = weight.shape[0]
     return model
 
@@ -202,9 +196,9 @@ def split_text_head(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], 
     L2-normalised output. A model without a text head: its state dict and an empty classifier.
     """
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if not isinstance(model.fc_norm, ImageEmbedding):
+    if not (isinstance(model.head, nn.Sequential) and isinstance(model.head[-1], TextHead)):
         return state, {}
-    classifier = {"weight": state.pop("head.weight"), "bias": state.pop("head.bias")}
-    projection = state.pop("fc_norm.proj.weight")
+    classifier = {"weight": state.pop("head.1.weight"), "bias": state.pop("head.1.bias")}
+    projection = state.pop("head.0.weight")
     state["head.weight"], state["head.bias"] = projection, projection.new_zeros(projection.shape[0])
     return state, classifier

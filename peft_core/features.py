@@ -31,8 +31,8 @@ def stochastic(model: torch.nn.Module) -> bool:
 class FeatureCache:
     def __init__(self, model, train_set, eval_sets: dict, batch_size: int, device) -> None:
         """``eval_sets``: evaluation datasets by name (``val``, ``test``)."""
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        if not trainable <= {"head.weight", "head.bias"}:
+        head = {id(p) for p in model.get_classifier().parameters()}
+        if any(p.requires_grad and id(p) not in head for p in model.parameters()):
             raise ValueError("feature_cache needs a frozen backbone (only the head may train)")
         self.train = self._features(model, train_set, batch_size, device)
         self.eval = {name: self._features(model, data, batch_size, device) for name, data in eval_sets.items()}

@@ -77,10 +77,11 @@ def test_clip_text_head_equals_open_clips_image_text_similarity(tmp_path):
         text = text / text.norm(dim=-1, keepdim=True)
         expected = image @ text.T * reference.logit_scale.exp()
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    assert torch.count_nonzero(model.head.bias) == 0 and model.num_classes == len(NAMES)
-    # A stock timm tower plus the projection: the text tower is gone.
+    assert torch.count_nonzero(model.head[1].bias) == 0 and model.num_classes == len(NAMES)
+    # A stock timm tower whose head is (projection, text head), as the study's: the text tower is gone.
     stock = peft_core.build_backbone("tiny_clip", num_classes=len(NAMES))
-    assert set(model.state_dict()) == set(stock.state_dict()) | {"fc_norm.proj.weight"}
+    assert set(model.state_dict()) == set(stock.state_dict()) - {"head.weight", "head.bias"} | {
+        "head.0.weight", "head.1.weight", "head.1.bias"}
     torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'broken.pt'} does not fit open_clip "
                                          f"model 'peft-tiny-clip'"):
@@ -90,10 +91,9 @@ def test_clip_text_head_equals_open_clips_image_text_similarity(tmp_path):
 def test_clip_vitb16_tower_keeps_the_spec_counts_with_its_text_head():
     """The real architecture (random weights): open_clip ViT-B-16 -> timm's CLIP ViT-B/16."""
     model = clip.build_clip_classifier("clip_vitb16", NAMES[:2], TEMPLATES[:1])
-    assert model.fc_norm.proj.weight.shape == (512, 768) and model.head.weight.shape == (2, 512)
-    projection = 512 * 768
+    assert model.head[0].weight.shape == (512, 768) and model.head[1].weight.shape == (2, 512)
     assert peft_core.count_inserted(peft_core.apply(copy.deepcopy(model), "ln")) == 39_936
-    assert peft_core.count_inserted(peft_core.apply(model, "full")) == 85_799_424 + projection
+    assert peft_core.count_inserted(peft_core.apply(model, "full")) == 85_799_424  # the head: projection too
 
 
 def test_clip_text_head_is_cached_by_text_tower_names_and_templates(tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_clip_text_head_is_cached_by_text_tower_names_and_templates(tmp_path, mo
     monkeypatch.setattr(clip, "text_head_weights", no_text_tower)
     torch.manual_seed(0)
     again = clip.build_clip_classifier("tiny_clip", NAMES, TEMPLATES, cache_dir=tmp_path)
-    torch.testing.assert_close(again.head.weight, first.head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(again.head[1].weight, first.head[1].weight, rtol=0, atol=0)
     monkeypatch.undo()
     torch.manual_seed(0)
     clip.build_clip_classifier("tiny_clip", NAMES[:3], TEMPLATES, cache_dir=tmp_path)
@@ -129,17 +129,17 @@ def test_clip_shipped_class_names_templates_and_errors(tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(peft_core.methods()))
-def test_clip_projection_stays_frozen_while_the_text_head_trains(method):
+def test_clip_projection_trains_with_the_text_head_as_in_the_study(method):
+    """The study's head is (projection, text head) and it trains every parameter named "head":
+    the projection trains in every method that trains the head, and counts leave it out."""
     model = peft_core.apply(text_head_model(), method).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert ("fc_norm.proj.weight" in trainable) == (method == "full")
-    assert ({"head.weight", "head.bias"} <= trainable) == (method != "zero_shot")
+    assert ({"head.0.weight", "head.1.weight", "head.1.bias"} <= trainable) == (method != "zero_shot")
     out = model(images())
     assert out.shape == (4, len(NAMES)) and torch.isfinite(out).all()
-    # Inserted-parameter counts are those of the plain CLIP tower (SPEC 3), but for full's projection.
+    # Inserted-parameter counts are those of the plain CLIP tower (SPEC 3).
     plain = peft_core.apply(peft_core.build_backbone("tiny_clip", len(NAMES)), method)
-    extra = model.fc_norm.proj.weight.numel() if method == "full" else 0
-    assert peft_core.count_inserted(model) == peft_core.count_inserted(plain) + extra
+    assert peft_core.count_inserted(model) == peft_core.count_inserted(plain)
 
 
 # --- ImageNet few-shot lists and the domain-shift sets -------------------------------------
@@ -361,7 +361,7 @@ def test_wise_interpolates_weights_or_scales_inserted_modules_by_method_kind():
         model = peft_core.apply(text_head_model(), method)
         wise = WiSE(model, model.state_dict())
         assert (wise.interpolated == set(model.state_dict())) == interpolates_all, method
-        assert interpolates_all or wise.interpolated == {"head.weight", "head.bias"}
+        assert interpolates_all or wise.interpolated == {"head.0.weight", "head.1.weight", "head.1.bias"}  # projection too
     model = peft_core.apply(text_head_model(), "lora", lora_bottleneck=2)
     with pytest.raises(ValueError, match="zero-shot state does not match"):
         WiSE(model, text_head_model().state_dict())

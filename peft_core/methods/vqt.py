@@ -76,5 +76,5 @@ class VQT(MethodConfig):
             block.vqt_queries = QueryTokens(self.vqt_num, model.embed_dim, bound, model.vqt)
             block.register_forward_pre_hook(block.vqt_queries.append, with_kwargs=True)
             block.register_forward_hook(block.vqt_queries.collect, with_kwargs=True)
-        # Before fc_norm (empty on the study's towers; CLIP's projection with a text head).
+        # Before fc_norm (empty on the study's towers, CLIP's included).
         model.fc_norm.register_forward_pre_hook(model.vqt.combine)

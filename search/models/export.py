@@ -137,4 +137,6 @@ def head_classes(adapter: Path) -> int | None:
     """The class count of a saved adapter's head; None when the run trained no head (zero_shot)."""
     from safetensors import safe_open
     with safe_open(str(adapter), "pt") as f:
-        return f.get_slice("head.weight").get_shape()[0] if "head.weight" in f.keys() else None
+        # head.weight, or the last layer's of a Sequential head (CLIP: projection, text head)
+        rows = [f.get_slice(k).get_shape()[0] for k in sorted(f.keys()) if k.startswith("head.") and k.endswith("weight")]
+    return rows[-1] if rows else None
