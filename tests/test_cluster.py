@@ -158,3 +158,62 @@ def test_submit_ships_the_code_the_study_with_absolute_paths_and_the_project_req
     assert env["working_dir"] == str(job) and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert any(p.startswith("torch") for p in packages) and any(p.startswith("ray[") for p in packages)
     assert not any("extra ==" in p for p in packages)  # test and bench extras stay home
+
+
+def test_submit_to_a_cluster_whose_jobs_lack_the_dependencies_is_refused_with_nothing_uploaded(tmp_path, minivtab):
+    """The nodes started by the virtualenv's `ray start` but with a system python first on their
+    PATH (the job's `python`): the check job says what is missing, and no study job is submitted."""
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    if system_python is None:
+        pytest.skip("no system python3 to stand for a bare job environment")
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    (bare / "python").symlink_to(system_python)
+    storage = tmp_path / "shared" / "cluster-it"
+    with LocalCluster(workers=0, cpus=1, node_path=f"{bare}:/usr/bin:/bin") as local:
+        study_file = write_study(tmp_path / "study.yaml", minivtab, storage, "file:" + str(tmp_path / "mlruns"))
+        answer = _cli(local.env, "submit", str(study_file), "--address", local.address, "--requirements", "none")
+        listed = _cli(local.env, "jobs", "list", "--address", local.address).stdout
+    assert answer.returncode == 2, answer.stdout + answer.stderr
+    error = answer.stderr.strip()
+    assert len(error.splitlines()) == 1 and "the cluster's job environment lacks" in error, error
+    assert "torch (missing)" in error and "ray (missing)" in error and "--requirements project" in error
+    assert "search.cli" not in listed and len(listed.strip().splitlines()) == 1  # the check job only
+    assert not storage.exists()
+
+
+def test_submit_resume_continues_a_stopped_study_on_the_cluster(cluster, tmp_path, minivtab, mlflow_server):
+    """A submitted study's job is stopped mid-study; `submit --resume STUDY_DIR` continues it in
+    its storage_path: finished trials keep their records, every cell ends, nothing runs twice."""
+    env, address = cluster.env, cluster.address
+    study_dir = tmp_path / "shared" / "resume-it"
+    study_file = write_study(tmp_path / "study.yaml", minivtab, study_dir, mlflow_server)
+    study = yaml.safe_load(study_file.read_text())
+    study.update(name="resume-it", search={**study["search"], "max_concurrent": 1})
+    study_file.write_text(yaml.safe_dump(study))
+    submitted = _cli(env, "submit", str(study_file), "--address", address, "--requirements", "none")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    wait_for(lambda: sum(t["status"] == "completed" for t in read_trials(study_dir).values()) >= 2, 300,
+             "two finished trials", cluster.head.log)
+    assert _cli(env, "jobs", "stop", job_id, "--address", address).returncode == 0
+    wait_for(lambda: json.loads(_cli(env, "jobs", "status", job_id, "--address", address, "--json").stdout)
+             ["status"] in ("STOPPED", "FAILED", "SUCCEEDED"), 120, "the job to stop", cluster.head.log)
+    before = {k: v for k, v in read_trials(study_dir).items() if v["status"] == "completed"}
+    assert 2 <= len(before) < 8
+
+    resumed = _cli(env, "submit", "--resume", str(study_dir), "--address", address, "--requirements", "none")
+    assert resumed.returncode == 0, resumed.stderr
+    resume_id = resumed.stdout.split()[1]
+    wait_for(lambda: json.loads(_cli(env, "jobs", "status", resume_id, "--address", address, "--json").stdout)
+             ["status"] in ("STOPPED", "FAILED", "SUCCEEDED"), 400, "the resumed job to end", cluster.head.log)
+    logs = _cli(env, "jobs", "logs", resume_id, "--address", address).stdout
+    assert "resume" in json.loads(_cli(env, "jobs", "status", resume_id, "--address", address, "--json").stdout)["entrypoint"]
+    summary = summarize(study_dir)
+    assert summary["cells_done"] == 2 and summary["trials_running"] == 0, logs[-3000:]
+    after = read_trials(study_dir)
+    assert len(after) == 2 * 3 + 2 and summary["duplicate_trials"] == 0
+    for trial_id, record in before.items():  # finished before the stop: not run again
+        assert after[trial_id]["value"] == record["value"] and after[trial_id]["epochs"] == record["epochs"]
+    refused = _cli(env, "submit", "--resume", str(tmp_path), "--address", address)
+    assert refused.returncode == 2 and "not a study folder" in refused.stderr

@@ -10,7 +10,9 @@ from ..errors import RunFailed
 
 def register(sub) -> None:
     p = sub.add_parser("submit", help="submit a study to a Ray cluster through the Ray Jobs API")
-    p.add_argument("study", type=Path, metavar="STUDY.yaml")
+    p.add_argument("study", type=Path, metavar="STUDY.yaml", nargs="?")
+    p.add_argument("--resume", type=Path, metavar="STUDY_DIR",
+                   help="continue the study in this folder (its storage_path on the cluster) instead")
     p.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS)")
     p.add_argument("--storage-path", help="the study folder on storage every node mounts (default: the study's)")
     p.add_argument("--requirements", default="project", metavar="project|none|FILE",
@@ -45,7 +47,9 @@ def submit(args: argparse.Namespace) -> int:
         requirements = []
     else:
         requirements = cluster.read_requirements(Path(args.requirements))
-    job_id, study_dir = cluster.submit(args.address, args.study, args.storage_path, requirements)
+    if (args.study is None) == (args.resume is None):
+        raise ValueError("submit: give a STUDY.yaml to start, or --resume STUDY_DIR to continue one (not both)")
+    job_id, study_dir = cluster.submit(args.address, args.study, args.storage_path, requirements, resume=args.resume)
     print(f"submitted {job_id}\nstudy folder {study_dir}\nwatch: peft-search jobs logs {job_id} --follow | "
           f"peft-search status {study_dir}", flush=True)
     if args.follow:

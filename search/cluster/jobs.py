@@ -53,14 +53,19 @@ def stage_job(study_file: Path, storage_path: str | None, folder: Path) -> tuple
     if not mapping.get("storage_path"):
         raise StudyError(f"{study_file}: storage_path: not set; a study on a cluster needs a folder every node "
                          "mounts (NFS, a shared volume): set it in the study or pass --storage-path")
+    stage_code(folder)
+    (folder / STUDY_FILE).write_text(yaml.safe_dump(mapping, sort_keys=False))
+    return {**mapping, "name": study.name}, mapping["storage_path"]
+
+
+def stage_code(folder: Path) -> None:
+    """The project's code and spaces, the job's working directory."""
     for name in SHIPPED:
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy(source, folder / name)
-    (folder / STUDY_FILE).write_text(yaml.safe_dump(mapping, sort_keys=False))
-    return {**mapping, "name": study.name}, mapping["storage_path"]
 
 
 def runtime_env(folder: Path, requirements: list[str]) -> dict:
@@ -89,23 +94,97 @@ def client(address: str | None):
         raise
 
 
-def submit(address: str | None, study_file: Path, storage_path: str | None = None,
-           requirements: list[str] | None = None, entrypoint_num_cpus: float = 0) -> tuple[str, str]:
-    """Submit ``study_file``; returns (job id, study dir on the cluster)."""
+def submit(address: str | None, study_file: Path | None, storage_path: str | None = None,
+           requirements: list[str] | None = None, entrypoint_num_cpus: float = 0,
+           resume: Path | None = None) -> tuple[str, str]:
+    """Submit ``study_file`` (or, with ``resume``, continue the study in that folder on the
+    cluster's storage); returns (job id, study dir on the cluster). The cluster's job environment
+    is checked first: nothing is uploaded when it cannot run the study."""
     staging = Path(tempfile.mkdtemp(prefix="peft-search-job-"))
     try:
-        mapping, study_dir = stage_job(Path(study_file), storage_path, staging)
+        if resume is None:
+            mapping, study_dir = stage_job(Path(study_file), storage_path, staging)
+            name, command = mapping["name"], f"run {STUDY_FILE} --out {study_dir}"
+        else:
+            study_dir = str(check_resumable(resume))
+            stage_code(staging)
+            name, command = Path(study_dir).name, f"resume {study_dir}"
         jobs = client(address)
-        name = re.sub(r"[^A-Za-z0-9_-]", "-", mapping["name"])
+        requirements = project_requirements() if requirements is None else requirements
+        check_job_environment(jobs, requirements)
         job_id = jobs.submit_job(
-            entrypoint=f"python -m search.cli run {STUDY_FILE} --out {study_dir}",
-            submission_id=f"peft-search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            runtime_env=runtime_env(staging, project_requirements() if requirements is None else requirements),
-            metadata={"study": mapping["name"], "study_dir": study_dir},
+            entrypoint=f"python -m search.cli {command}",
+            submission_id=f"peft-search-{re.sub(r'[^A-Za-z0-9_-]', '-', name)}-{time.strftime('%Y%m%d-%H%M%S')}",
+            runtime_env=runtime_env(staging, requirements),
+            metadata={"study": name, "study_dir": study_dir, "resume": str(resume is not None)},
             entrypoint_num_cpus=entrypoint_num_cpus)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the upload is done once submit_job returns
     return job_id, study_dir
+
+
+def check_resumable(study_dir: Path) -> Path:
+    """A folder this machine sees must be a study folder; one only the cluster sees is the job's
+    to check (``resume`` there refuses in one line what is not a study)."""
+    from ..study_folder import SEARCH_STATE
+    study_dir = Path(study_dir).resolve()
+    if study_dir.exists() and not (study_dir / SEARCH_STATE).is_file():
+        raise ValueError(f"--resume {study_dir}: not a study folder (no {SEARCH_STATE})")
+    return study_dir
+
+
+# Run by the job environment's own python before a study is uploaded: which of the project's
+# requirements it lacks or has at a version that does not fit. The standard library only (and
+# packaging where pip brought it), so it answers even in an environment that lacks everything.
+_CHECK_SCRIPT = """
+import importlib.metadata as md, json, re, sys
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    Requirement = None
+wrong = []
+for req in json.loads(sys.argv[1]):
+    name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
+    try:
+        version = md.version(name)
+    except md.PackageNotFoundError:
+        wrong.append(f"{name} (missing)")
+        continue
+    if Requirement is not None and not Requirement(req).specifier.contains(version, prereleases=True):
+        wrong.append(f"{name} {version} (needs {Requirement(req).specifier})")
+print("PEFT_SEARCH_CHECK " + json.dumps({"python": sys.version.split()[0], "wrong": wrong}))
+"""
+CHECK_TIMEOUT_S = 900  # a check with pip requirements installs them first (Ray caches that for the job)
+
+
+def check_job_environment(jobs, requirements: list[str]) -> None:
+    """Run ``_CHECK_SCRIPT`` as a job of its own, with the study job's pip environment and no
+    code uploaded; one line naming what is missing, and how to fix it, when the study could not run."""
+    import json
+    import shlex
+    needed = project_requirements()
+    env: dict = {"env_vars": dict(JOB_ENV)}
+    if requirements:
+        env["pip"] = {"packages": requirements, "pip_check": False}
+    job_id = jobs.submit_job(entrypoint=f"python -c {shlex.quote(_CHECK_SCRIPT)} {shlex.quote(json.dumps(needed))}",
+                             submission_id=f"peft-search-check-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                             runtime_env=env, metadata={"check": "job environment"})
+    deadline = time.time() + CHECK_TIMEOUT_S
+    while str(jobs.get_job_status(job_id).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if time.time() > deadline:
+            jobs.stop_job(job_id)
+            raise ValueError(f"the cluster did not run the environment check job {job_id} in {CHECK_TIMEOUT_S} s")
+        time.sleep(0.5)
+    logs = jobs.get_job_logs(job_id)
+    found = [line for line in logs.splitlines() if line.startswith("PEFT_SEARCH_CHECK ")]
+    fix = ("submit with --requirements project (pip installs them for the job), or start the cluster's "
+           "nodes from an environment with peft-search installed (docker/Dockerfile's image)")
+    if not found:
+        last = next((line for line in reversed(logs.splitlines()) if line.strip()), "no output")
+        raise ValueError(f"the cluster's job environment cannot run the study's python ({last.strip()}); {fix}")
+    wrong = json.loads(found[-1].split(" ", 1)[1])["wrong"]
+    if wrong:
+        raise ValueError(f"the cluster's job environment lacks {', '.join(wrong)}; {fix}")
 
 
 def follow(address: str | None, job_id: str, out=sys.stdout) -> str:

@@ -61,18 +61,18 @@ class LocalCluster:
     """``with LocalCluster(workers=1, cpus=2) as c:`` -> ``c.address`` (Jobs API), ``c.env``
     (what a client needs: the token), ``c.head``, ``c.workers``. ``head_cpus`` defaults to
     ``cpus``; ``worker_wrapper`` prefixes the workers' command (e.g. ``unshare`` to give them a
-    filesystem view of their own)."""
+    filesystem view of their own); ``node_path`` is the nodes' PATH, where a job finds ``python``
+    (default: this interpreter's folder first, as a cluster image with the project installed)."""
 
     def __init__(self, workers: int = 1, cpus: int = 2, head_cpus: int | None = None,
-                 object_store_mb: int = 200, worker_wrapper: list[str] = ()) -> None:
+                 object_store_mb: int = 200, worker_wrapper: list[str] = (), node_path: str | None = None) -> None:
         self.worker_wrapper = list(worker_wrapper)
         self.root = Path(tempfile.mkdtemp(prefix="psc", dir="/tmp"))  # short: Ray's socket paths are limited
         token = self.root / "token"
         token.write_text(secrets.token_hex(32))
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
                     "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-                    # the nodes run this interpreter, as a cluster image with the project installed
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+                    "PATH": node_path or f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("RAY_ADDRESS", None)
         self.n_workers, self.object_store = workers, object_store_mb * 2**20
         self.cpus, self.head_cpus = cpus, cpus if head_cpus is None else head_cpus
