@@ -1,10 +1,13 @@
-"""Chaos: the MLflow tracking server (a real ``mlflow server`` process) goes away mid-study.
+"""Chaos: the driver SIGKILLed again and again, and the MLflow tracking server going away.
 
-Away briefly, the tracker keeps what it cannot send and sends it when the server is back; away
-past ``mlflow.outage_limit``, the driver stops as on Ctrl-C (exit 1, one line) and the study
-resumes when the server is back. At the end every trial has its one run with all its metrics.
+The driver is killed at moments drawn from a seeded generator and resumed after each: the study
+ends as an uninterrupted one does. The MLflow server (a real ``mlflow server`` process) away
+briefly: the tracker keeps what it cannot send and sends it when the server is back; away past
+``mlflow.outage_limit``, the driver stops as on Ctrl-C (exit 1, one line) and the study resumes
+when the server is back. At the end every trial has its one run with all its metrics.
 """
 import os
+import random
 import signal
 import time
 
@@ -14,7 +17,8 @@ import yaml
 from search.cluster.local import free_port
 from search.mlflow_server import start_mlflow_server, wait_until_serving
 from search.study_folder import DONE, OUTBOX_FILES, count_outbox, read_trials
-from tests.processes import cli, kill_group
+from search.tune.status import summarize
+from tests.processes import cli, kill_group, run_to_end
 
 EPOCHS = 3
 
@@ -119,3 +123,55 @@ def test_mlflow_away_briefly_then_too_long_loses_nothing(server, minivtab, tmp_p
             assert "test_top1" in run.data.metrics
             assert "adapter.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml"}
+
+
+def chaos_study(path, minivtab):
+    """Demo-shaped (tasks x methods, a final run per cell), CPU-sized; max_concurrent 1 and grids,
+    so that the order of events, and so every result, is fixed."""
+    path.write_text(yaml.safe_dump({
+        "name": "chaos", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+        "datasets": ["digits", "digits_rot"], "methods": ["linear", "lora", "ssf"],
+        "train": {"epoch": 3, "warmup_epoch": 0, "pretrained": False, "eval_freq": 1},
+        "spaces": {m: {"lr": {"grid": [0.01, 0.003]}} for m in ("linear", "lora", "ssf")},
+        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}}))
+    return path
+
+
+def final_table(study_dir) -> dict:
+    return {r["cell"]: (r["params"], r["metrics"]["test_top1"]) for r in read_trials(study_dir).values()
+            if r["phase"] == "final"}
+
+
+def test_driver_killed_at_five_drawn_moments_ends_as_an_uninterrupted_study(minivtab, tmp_path):
+    study_file = chaos_study(tmp_path / "study.yaml", minivtab)
+    log = open(tmp_path / "driver.log", "w+")
+    run_to_end(cli("run", str(study_file), "--out", str(tmp_path / "calm"), stdout=log, stderr=log), 600, log)
+    expected = final_table(tmp_path / "calm")
+    total = len(read_trials(tmp_path / "calm"))
+
+    study_dir = tmp_path / "chaos"
+    draw = random.Random(20261203)
+    targets = sorted(draw.sample(range(1, total - 1), 5))  # kill once this many trials have ended ...
+    delays = [draw.uniform(0.0, 1.5) for _ in targets]  # ... plus this long: mid-trial, logging, between
+    command = ["run", str(study_file), "--out", str(study_dir)]
+    for target, delay in zip(targets, delays):
+        driver = cli(*command, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: finished_trials(study_dir) >= target or driver.poll() is not None, 600,
+                     f"{target} finished trials")
+            time.sleep(delay)
+        finally:
+            kill_group(driver)  # SIGKILL, then whatever it started
+        command = ["resume", str(study_dir)]
+    run_to_end(cli(*command, stdout=log, stderr=log), 600, log)
+
+    summary = summarize(study_dir)
+    assert summary["cells_done"] == 6 and summary["trials_running"] == 0 and summary["duplicate_trials"] == 0
+    assert final_table(study_dir) == expected  # every cell, its selected point, its test top-1
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient((study_dir / "tracking_uri.txt").read_text().strip())
+    experiment = client.get_experiment_by_name("chaos")
+    runs = client.search_runs([experiment.experiment_id], "tags.phase != 'cell'", max_results=1000)
+    trial_ids = [r.data.tags["trial_id"] for r in runs]
+    assert sorted(trial_ids) == sorted(read_trials(study_dir))  # one run per trial id, none lost
+    assert all(r.info.status == "FINISHED" for r in runs)
