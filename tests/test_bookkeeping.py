@@ -155,12 +155,22 @@ def test_runs_a_crash_left_open_are_deleted_finished_or_kept(tmp_path):
     client.log_metric(ended, "val_top1", 70.0, step=EPOCHS)  # as on_trial_result logged it
     restarted = StudyTracker(searcher.study, searcher.study_dir, uri)
     restarted.setup()
-    assert client.get_run(recorded).info.lifecycle_stage == "active" and recorded in restarted.open_runs
+    assert client.get_run(recorded).info.lifecycle_stage == "active" and restarted.open_trials == {"t0"}
     for run_id in (unrecorded, forgotten):
-        assert client.get_run(run_id).info.lifecycle_stage == "deleted" and run_id not in restarted.open_runs
+        assert client.get_run(run_id).info.lifecycle_stage == "deleted"
     ended_run = client.get_run(ended)
     assert (ended_run.info.status, ended_run.data.tags["state"]) == ("FINISHED", "completed")
-    assert ended_run.data.metrics["val_top1"] == 70.0 and ended not in restarted.open_runs
+    assert ended_run.data.metrics["val_top1"] == 70.0
     assert len(client.get_metric_history(ended, "val_top1")) == 1  # not logged a second time
     cells = {r.data.tags["cell"] for r in client.search_runs([experiment], "tags.phase = 'cell'")}
     assert cells == {"digits/linear"}  # the cell's run was neither touched nor opened twice
+
+
+def test_a_trial_with_nothing_to_train_is_complete_not_pruned(tmp_path):
+    """zero_shot evaluates once, at epoch 0: complete and selectable, so its cell gets a final run
+    (before: taken for a trial the scheduler stopped, the cell always ended failed)."""
+    searcher = searcher_for(tmp_path)
+    searcher.suggest("t0")
+    finish(searcher, "t0", 55.0, epochs=0)
+    assert read_trials(searcher.study_dir)["t0"]["status"] == "completed"
+    assert searcher.best_tune_trial(searcher.study.cells()[0]).trial_id == "t0"

@@ -17,9 +17,10 @@ def decide(*, error: bool, epochs: int, planned_epochs: int, early_stopped: bool
     """``error``: the trial reported its own error (a bad value, a missing file, a diverged
     loss) or Tune gave up on it; ``early_stopped``: training's own
     patience ended it (the trial reports so); fewer epochs than planned otherwise means the
-    scheduler stopped it."""
+    scheduler stopped it, except none at all: a method with nothing to train (zero-shot), which
+    evaluates once at epoch 0 and is complete."""
     if error:
         return FAILED
     if early_stopped:
         return EARLY_STOPPED
-    return PRUNED if epochs < planned_epochs else COMPLETED
+    return PRUNED if 0 < epochs < planned_epochs else COMPLETED

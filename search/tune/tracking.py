@@ -101,7 +101,8 @@ class StudyTracker(Callback):
         # Runs a trial may still finish: after a crash, those left running (one query, not one per trial).
         running = self.client.search_runs([self.runs["experiment_id"]], "attributes.status = 'RUNNING'",
                                           max_results=50000)
-        self.open_trials = {run.data.tags["trial_id"] for run in running if "trial_id" in run.data.tags}
+        self.open_trials = {run.data.tags["trial_id"] for run in running
+                            if self.runs["trials"].get(run.data.tags.get("trial_id")) == run.info.run_id}
         self._settle_runs_left_open(running)
         for cell in self.study.cells():
             if cell.id in self.runs["cells"]:
@@ -187,6 +188,8 @@ class StudyTracker(Callback):
             if record is None or self.runs["trials"].get(trial_id) != run_id:
                 self.client.set_terminated(run_id, "KILLED")
                 self.client.delete_run(run_id)
+                if record is not None:
+                    continue  # a stray run of a trial whose own run stays as it is
             elif record["status"] in DONE:
                 now = int(time.time() * 1000)
                 # Its per-epoch metrics went in as they came; only the end is missing.
