@@ -1,4 +1,5 @@
 """The searcher's bookkeeping without Ray or training: ties, outcomes, the store read back."""
+import pytest
 import yaml
 
 from search.study import Cell, load_study
@@ -174,3 +175,25 @@ def test_a_trial_with_nothing_to_train_is_complete_not_pruned(tmp_path):
     finish(searcher, "t0", 55.0, epochs=0)
     assert read_trials(searcher.study_dir)["t0"]["status"] == "completed"
     assert searcher.best_tune_trial(searcher.study.cells()[0]).trial_id == "t0"
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_restarted_driver_does_not_draw_the_points_it_drew_before(tmp_path, sampler):
+    """Found by submit --resume on a cluster: a cell's sampler, rebuilt after a restart with the
+    seed it started with, drew its first points again (2 duplicate trials in 8)."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "name": "redraw", "backbone": "tiny_vit_b16_in21k", "data_root": str(tmp_path),
+        "datasets": ["digits"], "methods": ["lora"],
+        "train": {"epoch": EPOCHS, "warmup_epoch": 0, "pretrained": False},
+        "spaces": {"lora": {"lr": {"loguniform": [1e-4, 1e-1]}}},
+        "search": {"sampler": sampler, "num_samples": 6}}))
+    study = load_study(tmp_path / "study.yaml", check_data=False)
+    (tmp_path / "study_dir").mkdir()
+    first = StudySearcher(study, tmp_path / "study_dir")
+    before = [first.suggest(f"t{i}")["params"]["lr"] for i in range(3)]
+    for i in range(3):
+        finish(first, f"t{i}", 10.0 + i)
+    restarted = StudySearcher(study, tmp_path / "study_dir")
+    after = [restarted.suggest(f"u{i}")["params"]["lr"] for i in range(3)]
+    assert not set(after) & set(before), (before, after)
+    assert summarize(tmp_path / "study_dir")["duplicate_trials"] == 0

@@ -63,7 +63,8 @@ def jobs(args: argparse.Namespace) -> int:
     from . import jobs as cluster
     if args.action == "list":
         for job in cluster.client(args.address).list_jobs():
-            print(f"{job.submission_id or job.job_id}  {job.status.value:9s}  {job.entrypoint}")
+            lines = job.entrypoint.splitlines() or [""]  # a check job's is a whole script: its first line
+            print(f"{job.submission_id or job.job_id}  {job.status.value:9s}  {lines[0]}{' ...' if len(lines) > 1 else ''}")
         return 0
     if not args.job_id:
         raise ValueError(f"jobs {args.action}: give a JOB_ID (peft-search jobs list shows them)")

@@ -159,12 +159,15 @@ class StudySearcher(Searcher):
         if cell.id not in self._samplers:
             seed = self.study.search.seed + self._position[cell.id]
             space = self.study.space(cell.method)
+            history = [r for r in self.records.values() if r.cell == cell.id and r.number is not None]
+            # Rebuilt after a restart, a sampler seeded as at the start would draw the points it
+            # drew then again (random, TPE's start-up): it continues on a seed of its own.
+            sampler_seed = seed + 7919 * len(history)
             optuna_study = optuna.create_study(
                 direction="maximize",
-                sampler=make_sampler(self.study.search.sampler, seed, len(grid_points(space)) or None))
+                sampler=make_sampler(self.study.search.sampler, sampler_seed, len(grid_points(space)) or None))
             sampler = CellSampler(optuna_study, space, seed)
-            _rebuild_history(optuna_study, sampler.distributions,
-                             [r for r in self.records.values() if r.cell == cell.id and r.number is not None])
+            _rebuild_history(optuna_study, sampler.distributions, history)
             self._samplers[cell.id] = sampler
         return self._samplers[cell.id]
 
