@@ -64,12 +64,13 @@ def resolve_grid(values: dict[str, Any], source: str) -> tuple[TrainConfig, dict
     train_keys = TrainConfig.keys()
     kwargs: dict[str, Any] = {}
     others = {k for name in method_names() if name != method for k in _hp_fields(name)}
+    skipped = study_flag_keys() | _IGNORED | _ONLY.keys() | others
     for key, value in values.items():
         if key in hp_keys:
             hp[key] = value
         elif key in train_keys:
             kwargs[key] = value
-        elif key in study_flag_keys() or key in _IGNORED or key in _ONLY or key in others:
+        elif key in skipped:
             continue  # the study's flags and settings for other methods, or keys without effect here
         else:
             allowed = ", ".join(sorted(train_keys | hp_keys))

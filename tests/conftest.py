@@ -41,22 +41,14 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory, minivtab):
     """A finished one-cell study (linear on digits, one epoch) with its own sqlite MLflow store."""
-    import ray
-    import yaml
-    from search.cli import main
-    root = tmp_path_factory.mktemp("tiny_study")
-    study_file = root / "study.yaml"
-    study_file.write_text(yaml.safe_dump({
+    from tests.studies import run_study
+    return run_study({
         "name": "tiny-study", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
         "datasets": ["digits"], "methods": ["linear"],
         "train": {"epoch": 1, "warmup_epoch": 0, "pretrained": False},
         "spaces": {"linear": {"lr": {"grid": [0.01]}}},
-        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}}))
-    try:
-        assert main(["run", str(study_file), "--out", str(root / "out")]) == 0
-    finally:
-        ray.shutdown()
-    return root / "out"
+        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}},
+        tmp_path_factory.mktemp("tiny_study"))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import yaml
 
 from search.cluster.local import free_port
 from search.mlflow_server import wait_until_serving
+from tests.studies import run_study
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 TIMEOUT = 90  # the UI's first page load on a busy 2-core machine
@@ -25,23 +26,14 @@ TIMEOUT = 90  # the UI's first page load on a busy 2-core machine
 @pytest.fixture(scope="module")
 def browser_study(tmp_path_factory, minivtab):
     """digits with linear (one point) and lora (two points), three epochs evaluated each epoch."""
-    import ray
-
-    from search.cli import main
-    root = tmp_path_factory.mktemp("browser_study")
-    study_file = root / "study.yaml"
-    study_file.write_text(yaml.safe_dump({
+    return run_study({
         "name": "browser-study", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
         "datasets": ["digits"], "methods": ["linear", "lora"],
         "train": {"epoch": 3, "warmup_epoch": 0, "pretrained": False, "eval_freq": 1},
         "spaces": {"linear": {"lr": {"grid": [0.01]}},
                    "lora": {"lr": {"grid": [0.001, 0.01]}, "lora_bottleneck": {"grid": [4]}}},
-        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}}))
-    try:
-        assert main(["run", str(study_file), "--out", str(root / "out")]) == 0
-    finally:
-        ray.shutdown()
-    return root / "out"
+        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}},
+        tmp_path_factory.mktemp("browser_study"))
 
 
 @pytest.fixture(scope="module")

@@ -64,22 +64,18 @@ def test_merged_export_loads_strictly_into_stock_timm_with_the_trained_logits(me
 def test_every_seeds_export_moved_with_its_data_still_runs(minivtab, tmp_path, capsys):
     """``--seed all`` exports each seed's final run; config.yaml names the data relative to the
     export, so the tree holding both can move and the export still trains and predicts."""
-    import ray
     import yaml
 
     from search.cli import main
+    from tests.studies import run_study
     tree = tmp_path / "tree"
     shutil.copytree(minivtab / "digits", tree / "data" / "digits")
-    (tree / "study.yaml").write_text(yaml.safe_dump({
+    run_study({
         "name": "seeds", "backbone": "tiny_vit_b16_in21k", "data_root": "data",
         "datasets": ["digits"], "methods": ["linear"], "final": {"seeds": [3, 5]},
         "train": {"epoch": 1, "warmup_epoch": 0, "pretrained": False},
         "spaces": {"linear": {"lr": {"grid": [0.01]}}},
-        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}}))
-    try:
-        assert main(["run", str(tree / "study.yaml"), "--out", str(tree / "study")]) == 0
-    finally:
-        ray.shutdown()
+        "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1}}, tree, out="study")
     assert main(["export", str(tree / "study"), "--out", str(tree / "exported"), "--seed", "all"]) == 0
     folders = sorted(p.name for p in (tree / "exported").iterdir())
     assert folders == ["digits__linear__seed3", "digits__linear__seed5"]

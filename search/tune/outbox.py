@@ -38,9 +38,6 @@ class Outbox:
     def __init__(self, conn, study_dir: Path) -> None:
         self.conn, self.files = conn, Path(study_dir) / OUTBOX_FILES
 
-    def __len__(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM mlflow_outbox").fetchone()[0]
-
     def put(self, op: dict) -> None:
         """Keep ``op``; its ``file`` (a temporary one) is copied into the study folder first."""
         if op.get("file"):

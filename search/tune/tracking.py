@@ -27,7 +27,8 @@ from ray.tune import Callback
 from peft_core.checkpoint import adapter_from_checkpoint
 
 from ..mlflow_layout import STATE, get_experiment_id
-from ..study_folder import DONE, FAILED, STUDY_COPY, read_cell_trials, read_mlflow_runs, read_trials, trial_finished
+from ..study_folder import (DONE, FAILED, STUDY_COPY, count_outbox, read_cell_trials, read_mlflow_runs, read_trials,
+                            trial_finished)
 from ..study import Cell, Study
 from .cell_summary import draw_search, write_trials_csv
 from .outbox import Outbox, server_away
@@ -91,7 +92,7 @@ class StudyTracker(Callback):
         self.runs = read_mlflow_runs(self.study_dir)
         local_artifacts = None if self.uri.startswith(("http", "databricks")) else self.study_dir / "mlartifacts"
         self._remember("experiment", "", get_experiment_id(self.client, self.study.experiment, local_artifacts))
-        self.queued = len(self.outbox)
+        self.queued = count_outbox(self.study_dir)
         self.flush()  # what a stopped or killed driver could not send
         # The study as it started, as the experiment's description (the UI shows it above the runs).
         frozen = self.study_dir / STUDY_COPY
