@@ -1,5 +1,6 @@
 """SIGKILL the driver mid-study, resume, and check by trial id that nothing was rerun or lost."""
 import json
+import shutil
 import time
 
 import pytest
@@ -53,6 +54,16 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
 
     history_before = {k: len(client.get_metric_history(run_of(k).info.run_id, "val_top1"))
                       for k in finished_before}
+    # What a kill between Tune deleting a checkpoint and its next snapshot leaves: the snapshot
+    # names a folder that is gone, a later one is there (Tune alone fails such a trial 3 times).
+    for trial_id in interrupted:
+        # (Checkpoint i holds epoch i + 1; the last recorded epoch's is there, later ones may be.)
+        trial_dir = study_dir / "ray" / "tune" / f"trial_{trial_id}"
+        recorded = trial_dir / f"checkpoint_{interrupted[trial_id]['epochs'] - 1:06d}"
+        for folder in trial_dir.glob("checkpoint_*"):
+            if folder != recorded:
+                shutil.rmtree(folder)
+        recorded.rename(trial_dir / f"checkpoint_{interrupted[trial_id]['epochs']:06d}")
 
     run_to_end(cli("resume", str(study_dir), stdout=log, stderr=log), 400, log)
     after = read_trials(study_dir)
@@ -81,17 +92,18 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
         assert after[trial_id]["value"] == pytest.approx(uninterrupted.metrics["val_top1"], abs=1e-9)
 
 
-def test_a_checkpoint_deleted_before_tunes_snapshot_resumes_from_the_next(tmp_path):
+def test_a_checkpoint_deleted_before_tunes_snapshot_is_brought_back_from_the_next(tmp_path):
     """Killed between Tune deleting checkpoint 2 (registering 3) and its next snapshot: the
-    snapshot names checkpoint 2; the trial continues from 3, not from 4 (result not recorded)."""
+    snapshot names checkpoint 2; 3 (not 4: its result is not recorded) moves back to its name."""
     from ray import tune
-    from search.tune.trainable import checkpoint_to_resume
+    from search.tune.trainable import bring_back
     for index in (3, 4):
         (tmp_path / f"checkpoint_{index:06d}").mkdir()
-    present = tune.Checkpoint(str(tmp_path / "checkpoint_000003"))
-    assert checkpoint_to_resume(present).path == present.path
-    assert checkpoint_to_resume(tune.Checkpoint(str(tmp_path / "checkpoint_000002"))).path == \
-        str(tmp_path / "checkpoint_000003")
+        (tmp_path / f"checkpoint_{index:06d}" / "epoch").write_text(str(index))
+    bring_back(tune.Checkpoint(str(tmp_path / "checkpoint_000003")))  # present: left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000003", "checkpoint_000004"]
+    bring_back(tune.Checkpoint(str(tmp_path / "checkpoint_000002")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000004"]
+    assert (tmp_path / "checkpoint_000002" / "epoch").read_text() == "3"
     with pytest.raises(FileNotFoundError, match="checkpoint_000005 is gone"):
-        checkpoint_to_resume(tune.Checkpoint(str(tmp_path / "checkpoint_000005")))
-    assert checkpoint_to_resume(None) is None
+        bring_back(tune.Checkpoint(str(tmp_path / "checkpoint_000005")))

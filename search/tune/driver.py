@@ -77,8 +77,8 @@ def _trainable(study: Study, replay: Replay | None):
     if replay is not None:  # a lookup: one CPU, whatever the study asks for training
         trainable = tune.with_parameters(replay_trial, replay=replay, seeds=list(study.final.seeds))
         return tune.with_resources(trainable, {"cpu": 1})
-    from .trainable import run_trial
-    return tune.with_resources(run_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+    from .trainable import RunTrial
+    return tune.with_resources(RunTrial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
 
 
 def _run_config(study: Study, study_dir: Path, uri: str):

@@ -16,6 +16,7 @@ import pyarrow.fs
 import ray
 import torch
 from ray import tune
+from ray.tune.trainable.function_trainable import wrap_function
 
 from peft_core.train import TrainConfig, train
 
@@ -31,26 +32,25 @@ def one_line(err: Exception) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"[:1000]
 
 
-def checkpoint_to_resume(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The checkpoint Tune recorded for this trial, or the one registered after it.
+def bring_back(checkpoint: tune.Checkpoint) -> None:
+    """Put a trial's checkpoint back under the name Tune's snapshot gives it.
 
     With ``num_to_keep=1`` Tune deletes a trial's previous checkpoint as it registers the next,
-    and records the new one only at its next experiment snapshot (about a second later). A
-    driver killed in between leaves a snapshot naming a deleted folder. The searcher and the
-    tracker record a result before Tune registers its checkpoint, so the oldest checkpoint
-    after the recorded one is the newest whose result is already recorded: continue from it.
+    and records the new one only at its next experiment snapshot. A driver killed in between
+    leaves a snapshot naming a deleted folder, and Tune's restore refuses it. The searcher and
+    the tracker record a result before Tune registers its checkpoint, so the oldest checkpoint
+    after the named one is the newest whose result is already recorded: it moves to the named
+    place, where Tune restores it and, at the trial's next checkpoint, deletes it as usual.
     """
-    if checkpoint is None:
-        return None
     fs = checkpoint.filesystem
     if fs.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound:
-        return checkpoint
+        return
     parent, name = posixpath.split(checkpoint.path)
     later = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(parent))
                    if info.base_name.startswith("checkpoint_") and info.base_name > name)
     if not later:
         raise FileNotFoundError(f"checkpoint {checkpoint.path} is gone and no later one exists")
-    return tune.Checkpoint(posixpath.join(parent, later[0]), filesystem=fs)
+    fs.move(posixpath.join(parent, later[0]), checkpoint.path)
 
 
 def run_trial(config: dict) -> None:
@@ -74,7 +74,7 @@ def _train(config: dict, start: float, node_id: str) -> None:
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     train_config = TrainConfig(**config["train"])
     resume_dir = None
-    checkpoint = checkpoint_to_resume(tune.get_checkpoint())
+    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="peft-resume-"))
         with checkpoint.as_directory() as folder:
@@ -96,3 +96,14 @@ def _train(config: dict, start: float, node_id: str) -> None:
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+class RunTrial(wrap_function(run_trial)):
+    """``run_trial`` as Tune's function trainable, whose restore first brings back a checkpoint
+    that a killed driver's snapshot names but Tune had already deleted (see ``bring_back``)."""
+
+    def restore(self, checkpoint_path):
+        checkpoint = getattr(checkpoint_path, "checkpoint", None)  # Tune passes a _TrainingResult
+        if checkpoint is not None:
+            bring_back(checkpoint)
+        return super().restore(checkpoint_path)
