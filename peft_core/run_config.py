@@ -94,6 +94,31 @@ def resolve_grid(values: dict[str, Any], source: str) -> tuple[TrainConfig, dict
     return config, grid
 
 
+def study_space(values: dict[str, Any], source: str, settings: dict[str, Any], method: str | None = None,
+                backbone: str | None = None) -> tuple[str, dict[str, list]]:
+    """The study's files as one cell's search space: the method they describe (``method`` when
+    they name none, as ``lr_wd_*.yml`` does) and, per key they set that a space can hold, its
+    listed grid or its one value: every hyper-parameter of the method, and each training
+    setting that differs from what the cell gets anyway (``settings``). Keys about data,
+    hardware or logging are the study's own."""
+    switches = {k for name in method_names() for k in get_method(name).study_switches}
+    if method is not None and not values.get("method_name") and not any(values.get(k) for k in switches):
+        values = {**values, "method": method}
+    config, grid = resolve_grid(values, source)
+    if backbone is not None and config.backbone != backbone and "backbone" in {_RENAMED.get(k, k) for k in values}:
+        raise ValueError(f"{source}: pretrained_weights: the files are for '{config.backbone}', the study "
+                         f"runs '{backbone}'")
+    space = {}
+    for key in (_RENAMED.get(k, k) for k in values):
+        if key in grid:
+            space[key] = grid[key]
+        elif key in config.hp:
+            space[key] = [config.hp[key]]
+        elif key in settings and getattr(config, key) != settings[key]:
+            space[key] = [getattr(config, key)]
+    return config.method, space
+
+
 def _hp_fields(method: str) -> dict[str, dataclasses.Field]:
     """A method's hyper-parameter fields (the study's keys for it)."""
     return {f.name: f for f in dataclasses.fields(get_method(method)) if "help" in f.metadata}

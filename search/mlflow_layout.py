@@ -10,9 +10,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-# Tags every run of a study carries.
-STUDY, CELL, DATASET, METHOD, BACKBONE, PHASE, TRIAL_ID = (
-    "study", "cell", "dataset", "method", "backbone", "phase", "trial_id")
+# Tags every run of a study carries. METHOD names the cell's method, a registered one or a
+# variant (lora_8); BASE_METHOD the registered method it runs (absent in imported runs).
+STUDY, CELL, DATASET, METHOD, BASE_METHOD, BACKBONE, PHASE, TRIAL_ID = (
+    "study", "cell", "dataset", "method", "base_method", "backbone", "phase", "trial_id")
 STATE = "state"  # completed | pruned | failed, set when a trial ends
 NOTE = "note"  # why a finished run lacks a metric (a replayed final run of an unreleased point)
 PARENT = "mlflow.parentRunId"

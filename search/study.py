@@ -18,7 +18,8 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, P
 
 from peft_core.backbones import check_checkpoint
 from peft_core.data.loaders import FORMATS, DataSpec, check_dataset
-from peft_core.registry import get_method
+from peft_core.registry import get_method, method_names
+from peft_core.run_config import study_space
 from peft_core.train import BackboneName, MethodName, Seed, TrainConfig, TrainSettings, weights_file
 from peft_core.typed import KeyedError, StrictModel, message_of, one_line
 from peft_core.yaml_files import read_yaml
@@ -118,7 +119,7 @@ NumSamples = Annotated[Union[Annotated[int, Field(ge=1)], Literal["grid"]], Befo
 class Search(StrictModel):
     sampler: Annotated[Literal[SAMPLERS], BeforeValidator(_sampler)] = "tpe"
     num_samples: NumSamples = 8
-    num_samples_by_method: dict[MethodName, NumSamples] = Field(
+    num_samples_by_method: dict[str, NumSamples] = Field(
         default_factory=dict, description="a method's own num_samples (e.g. grid for a method with a small grid)")
     metric: Annotated[str, AfterValidator(_metric)] = "val_top1"
     asha: Annotated[Asha | None, BeforeValidator(lambda v: None if v is False else v)] = None
@@ -173,9 +174,14 @@ class Study(StrictModel):
     data_root: str | None = None
     datasets: Annotated[dict[str, DatasetSettings], Field(min_length=1), BeforeValidator(
         _datasets, json_schema_input_type=Union[list[str], dict[str, Union[DatasetSettings, None]]])]
-    methods: list[MethodName] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1, description="registered methods and variants")
+    variants: dict[str, MethodName] = Field(default_factory=dict, description=(
+        "cells of one method under a name of their own, their fixed values in spaces (lora_8: lora, "
+        "with spaces.lora_8.lora_bottleneck: 8); a space's files name it themselves"))
     train: TrainSettings = Field(default_factory=TrainSettings)
-    spaces: dict[MethodName, dict[str, SpaceDimension]] = Field(default_factory=dict)
+    spaces: dict[str, dict[str, SpaceDimension]] = Field(default_factory=dict, description=(
+        "per method or variant: its search space; files: [FILE, ...] (the study's own method, "
+        "lr_wd_*.yml or default_*.yml files, relative to this file) merged underneath"))
     search: Search = Field(default_factory=Search)
     final: Final = Field(default_factory=Final)
     resources: Resources = Field(default_factory=Resources)
@@ -194,6 +200,44 @@ class Study(StrictModel):
         return self.mlflow.experiment or self.name
 
     # -- checks across sections ---------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _spaces_from_files(cls, data: Any, info: ValidationInfo) -> Any:
+        """``spaces.X.files``: the study's own files as X's space (``run_config.study_space``);
+        entries written next to it win. X's method comes from the files when it is no
+        registered method and ``variants`` does not name one."""
+        spaces = data.get("spaces") if isinstance(data, dict) else None
+        if not isinstance(spaces, dict) or not any(isinstance(v, dict) and "files" in v for v in spaces.values()):
+            return data
+        source = Path((info.context or {}).get("source", "study.yaml")).resolve()
+        train = data.get("train") if isinstance(data.get("train"), dict) else {}
+        settings = {**TrainSettings().model_dump(), **train}
+        variants = dict(data.get("variants") or {}) if isinstance(data.get("variants"), dict) else {}
+        spaces = dict(spaces)
+        for name, entry in spaces.items():
+            if not isinstance(entry, dict) or "files" not in entry:
+                continue
+            entry = dict(entry)
+            files = _as_list(entry.pop("files"))
+            where = f"spaces.{name}.files"
+            if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+                raise KeyedError(where, "expected a file or a list of files")
+            values: dict[str, Any] = {}
+            try:
+                for file in files:
+                    values.update(read_yaml(source.parent / file))
+                label = " + ".join(files)
+                known = name if name in method_names() else variants.get(name)
+                method, found = study_space(values, label, settings, known, data.get("backbone"))
+            except ValueError as err:
+                raise KeyedError(where, str(err)) from None
+            if known is not None and method != known:
+                raise KeyedError(where, f"the files describe '{method}', not '{known}'")
+            if known is None:
+                variants[name] = method
+            spaces[name] = {**{k: {"grid": v} for k, v in found.items()}, **entry}
+        return {**data, "spaces": spaces, **({"variants": variants} if variants else {})}
+
     @model_validator(mode="after")
     def _resolve_and_check(self, info: ValidationInfo) -> "Study":
         context = info.context or {}
@@ -219,6 +263,7 @@ class Study(StrictModel):
             if path is None:
                 raise KeyedError(f"datasets.{name}", "no data_path and no data_root")
             settings.data_path = absolute(path)
+        self._check_names()
         self._check_spaces()
         self._check_budget()
         self._check_asha()
@@ -226,10 +271,29 @@ class Study(StrictModel):
             self._check_files()
         return self
 
+    def _check_names(self) -> None:
+        """Every name a cell or a space uses is a registered method or a variant of one."""
+        registered = set(method_names())
+        for name in self.variants:
+            if name in registered:
+                raise KeyedError(f"variants.{name}", f"'{name}' is a method already; give its variant another name")
+        known = registered | set(self.variants)
+        named = [(f"methods[{i}]", m) for i, m in enumerate(self.methods)]
+        named += [(f"spaces.{m}", m) for m in self.spaces]
+        named += [(f"search.num_samples_by_method.{m}", m) for m in self.search.num_samples_by_method]
+        for key, name in named:
+            if name not in known:
+                raise KeyedError(key, f"unknown method '{name}' (a variant needs variants.{name}: METHOD "
+                                 f"or spaces.{name}.files); methods: {', '.join(sorted(registered))}")
+
+    def base_method(self, name: str) -> str:
+        """The registered method a cell's method (a method or a variant) runs."""
+        return self.variants.get(name, name)
+
     def _check_spaces(self) -> None:
         for method, space in self.spaces.items():
             grid = self.search.sampler == "grid" or self.num_samples(method)[0] == "grid"
-            cls = get_method(method)
+            cls = get_method(self.base_method(method))
             hp_keys = set(cls.__dataclass_fields__) | set(cls.aliases)
             for key, dim in space.items():
                 where = f"spaces.{method}.{key}"
@@ -349,7 +413,7 @@ class Study(StrictModel):
         """The complete, self-describing TrainConfig of one trial (a dict)."""
         data = self.datasets[cell.dataset]
         values = {**self.train.model_dump(), "backbone": self.backbone, "checkpoint": self.checkpoint,
-                  "method": cell.method, "data": cell.dataset, "data_path": data.data_path,
+                  "method": self.base_method(cell.method), "data": cell.dataset, "data_path": data.data_path,
                   "data_format": data.format, "num_classes": data.num_classes, "phase": phase,
                   "eval_epochs": self.milestones() if phase == "tune" else []}
         if seed is not None:
@@ -390,6 +454,10 @@ def portable_mapping(path: str | Path) -> dict[str, Any]:
     for key in ("data_root", "checkpoint", "storage_path"):
         if raw.get(key) is not None:
             raw[key] = absolute(raw[key])
+    spaces = raw.get("spaces")
+    for entry in spaces.values() if isinstance(spaces, dict) else ():
+        if isinstance(entry, dict) and entry.get("files") is not None:
+            entry["files"] = [absolute(f) for f in _as_list(entry["files"])]
     datasets = raw.get("datasets")
     for settings in datasets.values() if isinstance(datasets, dict) else ():
         if isinstance(settings, dict) and settings.get("data_path") is not None:
@@ -399,16 +467,17 @@ def portable_mapping(path: str | Path) -> dict[str, Any]:
 
 def study_schema() -> dict[str, Any]:
     """The JSON schema of a study file, with the registered methods' hyper-parameter keys
-    under ``spaces`` (so an editor completes them)."""
+    under ``spaces`` (so an editor completes them); a variant's space takes any entry."""
     schema = Study.model_json_schema()
-    from peft_core.registry import method_names
     entry = schema["properties"]["spaces"]["additionalProperties"]
+    files = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
     methods = {}
     for name in method_names():
         cls = get_method(name)
         keys = sorted(set(cls.__dataclass_fields__) | set(cls.aliases) | TRAIN_KEYS)
         methods[name] = {"type": "object", "additionalProperties": False,
-                         "properties": {k: entry["additionalProperties"] for k in keys}}
-    schema["properties"]["spaces"] = {"type": "object", "properties": methods, "additionalProperties": False}
-    schema["properties"]["methods"]["items"] = {"enum": method_names()}
+                         "properties": {**{k: entry["additionalProperties"] for k in keys}, "files": files}}
+    variant = {"type": "object", "properties": {"files": files}, "additionalProperties": entry["additionalProperties"]}
+    schema["properties"]["spaces"] = {"type": "object", "properties": methods, "additionalProperties": variant}
+    schema["properties"]["methods"]["items"] = {"type": "string", "examples": method_names()}
     return schema

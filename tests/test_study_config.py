@@ -239,7 +239,7 @@ def test_schema_validates_every_shipped_study_and_rejects_a_typo(capsys):
         assert not errors, f"{path}: {errors[:3]}"
     demo = read_yaml(SPACES / "demo.yaml")
     assert not list(validator.iter_errors(demo))
-    for key, bad in (("search", {**demo["search"], "samplr": "tpe"}), ("methods", ["lorra"]),
+    for key, bad in (("search", {**demo["search"], "samplr": "tpe"}), ("variants", {"lora_8": "lorra"}),
                      ("spaces", {"lora": {"rank_size": {"grid": [1]}}})):
         assert list(validator.iter_errors({**demo, key: bad})), key
 

@@ -15,7 +15,7 @@ from ..study_folder import tracking_source
 from . import figures, tables
 from .datasets import VTAB_TASKS
 from .overlap import overlap_table
-from .records import StudyRecords, load_records
+from .records import RunRecord, StudyRecords, load_records
 from .tabular import Table, with_deltas, write_table
 
 Source = tuple[str, str] | Path | str  # (tracking URI, experiment) or a study folder
@@ -48,8 +48,26 @@ def _task_scores(built: dict[str, Table]) -> dict[str, dict[str, float]]:
     return scores
 
 
-def _figures(built: dict[str, Table], overlaps: dict, roles: dict[str, str], out: Path) -> list[Path]:
-    made = []
+def _variant_curves(study: StudyRecords) -> dict[str, dict[str, list[tuple[str, float, float]]]]:
+    """{dataset: {base method: [(cell's method, inserted parameters, mean test top-1)]}} for every
+    method with two cells or more on a dataset (its variants: one per fixed rank)."""
+    runs: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for r in study.finished_finals():
+        if "test_top1" in r.metrics and "inserted_params" in r.metrics:
+            runs.setdefault((r.dataset, r.base_method, r.method), []).append(r)
+    curves: dict[str, dict[str, list]] = {}
+    for (dataset, base, method), group in sorted(runs.items()):
+        point = (method, group[0].metrics["inserted_params"],
+                 sum(r.metrics["test_top1"] for r in group) / len(group))
+        curves.setdefault(dataset, {}).setdefault(base, []).append(point)
+    return {d: {b: p for b, p in by.items() if len(p) > 1} for d, by in curves.items()
+            if any(len(p) > 1 for p in by.values())}
+
+
+def _figures(built: dict[str, Table], overlaps: dict, roles: dict[str, str], out: Path,
+             curves: dict[str, dict[str, list]]) -> list[Path]:
+    made = [figures.plot_variant_curves(by_method, f"{dataset}: accuracy of each method's variants",
+                                        out / f"variants_{dataset}.png") for dataset, by_method in curves.items()]
     if "vtab1k" in built:
         made += [figures.plot_accuracy_vs_params(built["vtab1k"], out / "accuracy_vs_params.png"),
                  figures.plot_group_means(built["vtab1k"], out / "group_means.png")]
@@ -88,7 +106,7 @@ def report(tracking_uri: str, experiment: str, out: Path, compare_to: Source | N
     written = [t for t in [*built.values(), overlap, budget] if t is not None]
     for table in written:
         write_table(table, out)
-    made = _figures(built, overlaps, {r.method: r.role for r in study.records}, out)
+    made = _figures(built, overlaps, {r.method: r.role for r in study.records}, out, _variant_curves(study))
     missing = [] if finished else ["every cell: no finished final runs yet"]
     missing += [line for table in written for line in table.missing]
     running = study.running()

@@ -49,6 +49,21 @@ def _finish(fig: Figure, ax, path: Path, title: str, ylabel: str, categories: li
     return _save(fig, path)
 
 
+def plot_variant_curves(curves: dict[str, list[tuple[str, float, float]]], title: str, path: Path) -> Path:
+    """Test top-1 against inserted parameters (log) of a method's cells on one dataset, one line
+    per method: the study's rank curves (lora_1 ... lora_256). ``curves``: {method: [(cell's
+    method, parameters, top-1), ...]}."""
+    fig, ax = _figure(8, 5)
+    for method, points in sorted(curves.items()):
+        points = sorted(points, key=lambda p: p[1])
+        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=method)
+        for name, params, top1 in points:
+            ax.annotate(name, (params, top1), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("inserted parameters (log)")
+    return _finish(fig, ax, path, title, "test top-1 (mean over seeds)")
+
+
 def plot_accuracy_vs_params(vtab: Table, path: Path) -> Path:
     """Mean of the three group means against inserted parameters (log scale), one point a method."""
     fig, ax = _figure(8, 5)

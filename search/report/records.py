@@ -14,7 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from peft_core.registry import role_of
-from ..mlflow_layout import DATASET, METHOD, NOTE, PHASE, PHASE_CELL, PHASE_FINAL, PHASES, STATE
+from ..mlflow_layout import BASE_METHOD, DATASET, METHOD, NOTE, PHASE, PHASE_CELL, PHASE_FINAL, PHASES, STATE
 from .datasets import dataset_key, manyshot_split, vtab_group
 
 Cell = tuple[str, str]  # (dataset, method)
@@ -35,7 +35,8 @@ class RunRecord:
     vtab_group: str | None  # natural | specialized | structured; None outside VTAB-1K
     manyshot_base: str | None  # a many-shot subset's dataset and training-set size; None otherwise
     manyshot_size: str | None
-    method: str
+    method: str  # the cell's method: a registered one or a variant (lora_8)
+    base_method: str  # the registered method it runs (lora)
     role: str  # what the method is in a comparison (peft_core.registry.role_of)
     seed: int | None
     metrics: dict[str, float]  # the latest value of each metric
@@ -128,7 +129,8 @@ def _record(client: MlflowClient, run: Run, phase: str) -> RunRecord:
         state=tags.get(STATE) or _STATE_OF_STATUS.get(run.info.status),
         dataset=dataset, vtab_group=vtab_group(dataset),
         manyshot_base=split[0] if split else None, manyshot_size=split[1] if split else None,
-        method=tags[METHOD], role=role_of(tags[METHOD]), seed=_seed(params),
+        method=tags[METHOD], base_method=tags.get(BASE_METHOD, tags[METHOD]),
+        role=role_of(tags.get(BASE_METHOD, tags[METHOD])), seed=_seed(params),
         metrics=metrics, params=params, histories=histories, note=tags.get(NOTE))
 
 

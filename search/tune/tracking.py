@@ -110,7 +110,7 @@ class StudyTracker(Callback):
                 continue
             run = self.client.create_run(self.runs["experiment_id"], run_name=cell.id, tags={
                 "study": self.study.name, "dataset": cell.dataset, "method": cell.method,
-                "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
+                "base_method": self.study.base_method(cell.method), "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
             self._remember("cell", cell.id, run.info.run_id)
 
     # -- sending, or keeping what the server cannot take -----------------------------------
@@ -270,6 +270,7 @@ class StudyTracker(Callback):
             parsed = Cell.parse(cell)
             tags = {"mlflow.parentRunId": self.runs["cells"][cell], "study": self.study.name, "cell": cell,
                     "dataset": parsed.dataset, "method": parsed.method, "backbone": self.study.backbone,
+                    "base_method": self.study.base_method(parsed.method),
                     "phase": phase, "trial_id": trial_id}
             run = self.client.create_run(self.runs["experiment_id"], run_name=f"{cell} {trial_id}", tags=tags)
             run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
