@@ -36,7 +36,7 @@ from .api import apply, count_inserted
 from .backbones import build_backbone, cached_weights, check_checkpoint, get_backbone
 from .clip import build_clip_classifier
 from .data import DataSpec, build_datasets, build_transforms
-from .data.loaders import FORMATS, TRANSFORMS, check_dataset
+from .data.loaders import FORMATS, TRANSFORMS, augments, check_dataset
 from .evaluation import evaluate, save_predictions
 from .features import FeatureCache, cacheable
 from .registry import get_method
@@ -80,7 +80,9 @@ class TrainSettings(StrictModel):
 
     pretrained: bool = True  # False: random init (tests, training from scratch)
     normalize: bool = False
-    transform: Literal[TRANSFORMS] = "resize"  # resize (VTAB-1K) | randaugment (few-shot ImageNet)
+    # resize (VTAB-1K, Clevr) | randaugment (few-shot ImageNet) | cifar100 | resisc45 (many-shot):
+    # each scenario's training and evaluation transforms as the study ran them (data.build_transforms)
+    transform: Literal[TRANSFORMS] = "resize"
     class_names: str | None = None  # CLIP text head from these names: "imagenet" or a file; None: random head
     templates: str = "openai"  # the text head's prompt templates: "openai" (CLIP's 80) or a file
     epoch: int = Field(100, ge=1)
@@ -239,7 +241,7 @@ def build_model(config: TrainConfig, num_classes: int, device: str | torch.devic
 def transforms_for(config: TrainConfig):
     """(training, evaluation) image transforms of a run: its recipe on its backbone's size/stats."""
     spec = get_backbone(config.backbone)
-    return build_transforms(config.transform, spec.img_size, spec.mean, spec.std, config.normalize)
+    return build_transforms(config.transform, spec.img_size, spec.mean, spec.std, config.normalize, config.phase)
 
 
 class _Batches:
@@ -321,13 +323,14 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
     train_set, eval_sets, num_classes = _datasets(config)
     model = build_model(config, num_classes, device).to(device)
     inserted = count_inserted(model)
-    augmented = config.transform != "resize"  # a new random view of every image each epoch
+    augmented = augments(config.transform, config.phase)  # a new random view of every image each epoch
     if not augmented:
         train_set = _maybe_preload(train_set, config, spec.img_size)
     eval_sets = {name: _maybe_preload(data, config, spec.img_size) for name, data in eval_sets.items()}
     use_cache = (cacheable(model) and not augmented) if config.feature_cache is None else config.feature_cache
     if use_cache and augmented:
-        raise ValueError(f"train config: feature_cache needs transform 'resize', not '{config.transform}'")
+        raise ValueError(f"train config: feature_cache needs the same images every epoch; transform "
+                         f"'{config.transform}' augments {config.phase} runs")
     features = FeatureCache(model, train_set, eval_sets, config.test_batch_size, device) if use_cache else None
     use_bf16 = config.bf16 and device.type == "cuda"
 

@@ -480,4 +480,5 @@ def study_schema() -> dict[str, Any]:
     variant = {"type": "object", "properties": {"files": files}, "additionalProperties": entry["additionalProperties"]}
     schema["properties"]["spaces"] = {"type": "object", "properties": methods, "additionalProperties": variant}
     schema["properties"]["methods"]["items"] = {"type": "string", "examples": method_names()}
+    schema["properties"]["variants"]["additionalProperties"] = {"enum": method_names()}
     return schema

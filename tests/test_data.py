@@ -3,6 +3,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import peft_core
@@ -69,10 +70,11 @@ def test_imagefolder_and_generic_list_layouts(tmp_path):
     (tmp_path / "lists" / "val.txt").write_text("\n".join(f"{p} {y}" for p, y in rows[40:50]))
     (tmp_path / "lists" / "test.txt").write_text("\n".join(f"{p} {y}" for p, y in rows[50:]))
     train, test, classes = build_datasets(DataSpec("fewshot", tmp_path / "lists", "lists"), "final", transform)
-    assert (len(train), len(test), classes) == (40, 10, 10)
+    assert (len(train), len(test), classes) == (50, 10, 10)  # final runs train on train + val
+    assert [train.samples[i] for i in (0, 40)] == [rows[0], rows[40]]
     x, y = train[0]
     assert x.shape == (3, 32, 32) and x.min() >= -1.0 and y == rows[0][1]
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         for label in range(3):
             folder = tmp_path / "folder" / split / f"class{label}"
             folder.mkdir(parents=True)
@@ -80,3 +82,36 @@ def test_imagefolder_and_generic_list_layouts(tmp_path):
                 (folder / Path(p).name).write_bytes((tmp_path / "lists" / p).read_bytes())
     train, val, classes = build_datasets(DataSpec("folder", tmp_path / "folder", "imagefolder"), "tune", transform)
     assert classes == 3 and len(train) == 6 and len(val) == 6
+    train, test, classes = build_datasets(DataSpec("folder", tmp_path / "folder", "imagefolder"), "final", transform)
+    assert classes == 3 and len(train) == 12 and len(test) == 6 and sorted(set(train.targets)) == [0, 1, 2]
+    assert train.samples[6][0].startswith(str(tmp_path / "folder" / "val"))
+
+
+@pytest.mark.parametrize("recipe, augmented_phases, vertical_flip", [
+    ("cifar100", {"final"}, False), ("resisc45", {"tune", "final"}, True)])
+def test_many_shot_recipes_transform_each_phase_as_the_study(recipe, augmented_phases, vertical_flip):
+    """CIFAR-100: a random-resized crop and flip in final runs only (tuning trains on the
+    evaluation transform); RESISC45: crop, horizontal and vertical flips in both phases. Both
+    evaluate on a resize of the shorter side to 256/224 of the size and a centre crop."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from peft_core.data import build_transforms
+    from peft_core.data.loaders import augments
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))  # not square
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    for phase in ("tune", "final"):
+        train, evaluation = build_transforms(recipe, 32, mean, std, True, phase)
+        expected = T.functional.center_crop(T.functional.resize(image, 36, T.InterpolationMode.BICUBIC), 32)
+        expected = (T.functional.to_tensor(expected) - 0.5) / 0.25
+        assert torch.allclose(evaluation(image), expected, atol=1e-6)
+        torch.manual_seed(0)
+        views = [train(image) for _ in range(4)]
+        assert views[0].shape == (3, 32, 32)
+        random = any(not torch.equal(views[0], v) for v in views[1:])
+        assert random == (phase in augmented_phases) == augments(recipe, phase), (recipe, phase)
+        if not random:
+            assert torch.equal(views[0], expected)
+        steps = [type(t).__name__ for t in train.transforms]
+        assert ("RandomVerticalFlip" in steps) == (vertical_flip and phase in augmented_phases)

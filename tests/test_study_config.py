@@ -244,12 +244,30 @@ def test_schema_validates_every_shipped_study_and_rejects_a_typo(capsys):
         assert list(validator.iter_errors({**demo, key: bad})), key
 
 
-def test_a_methods_own_num_samples_keeps_small_grids_from_repeating():
+@pytest.mark.parametrize("name, folder, lr_wd", [("manyshot_cifar100", "method_cifar", "lr_wd_cifar.yml"),
+                                              ("manyshot_resisc45", "method_resisc", "lr_wd_resisc.yml"),
+                                              ("manyshot_clevr", "method_clevr", "lr_wd_clevr.yml")])
+def test_many_shot_studies_are_the_studys_own_files(tmp_path, name, folder, lr_wd):
+    """Every cell of a shipped many-shot study (one per fixed rank) searches exactly what the
+    study's method file and lr_wd file resolve to, and runs the method they describe."""
+    from pathlib import Path
+
     from search.study import Cell
-    study = load_study(SPACES / "manyshot_cifar100.yaml", check_data=False)
-    budgets = {m: study.budget(Cell("cifar100", m)) for m in study.methods}
-    assert budgets["linear"] == 4 and budgets["full"] == 12  # their whole grids: 2 x 2, 2 x 3 x 2
-    assert all(budgets[m] == 48 for m in ("lora", "adaptformer", "rand_h_adapter", "fact_tk"))
+    petl = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "petl_config"
+    shipped = load_study(SPACES / f"{name}.yaml", check_data=False)
+    raw = yaml.safe_load((SPACES / f"{name}.yaml").read_text())
+    raw["spaces"] = {m: {"files": [str(petl / folder / f"{m}.yml"), str(petl / lr_wd)]} for m in shipped.methods}
+    raw.pop("variants")
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
+    from_files = load_study(tmp_path / "study.yaml", check_data=False)
+    for method in shipped.methods:
+        assert shipped.base_method(method) == from_files.base_method(method), method
+        assert shipped.space(method) == from_files.space(method), method
+    dataset = next(iter(shipped.datasets))
+    if name != "manyshot_clevr":  # lr x wd x drop-path: 2 x 2 x 3
+        assert shipped.budget(Cell(dataset, "full")) == 12 and shipped.budget(Cell(dataset, "lora_8")) == 12
+    ranks = sorted(int(m.rsplit("_", 1)[1]) for m in shipped.methods if shipped.base_method(m) == "lora" and m != "lora")
+    assert ranks == [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 def test_a_methods_own_grid_needs_grid_values(base, tmp_path, capsys):

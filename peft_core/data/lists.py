@@ -26,11 +26,13 @@ def read_list(path: Path) -> list[tuple[str, int]]:
 
 
 class ListDataset(Dataset):
-    """Images named by a list file, relative to ``root``; RGB, through ``transform``."""
+    """Images named by a list file (or several, one after the other), relative to ``root``; RGB,
+    through ``transform``."""
 
-    def __init__(self, root: Path, list_file: Path, transform: Callable | None = None) -> None:
+    def __init__(self, root: Path, list_file: Path | list[Path], transform: Callable | None = None) -> None:
         self.root = Path(root)
-        self.samples = read_list(Path(list_file))
+        files = list_file if isinstance(list_file, list) else [list_file]
+        self.samples = [sample for path in files for sample in read_list(Path(path))]
         self.targets = [label for _, label in self.samples]
         self.transform = transform
 

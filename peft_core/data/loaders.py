@@ -14,7 +14,7 @@ from .lists import ListDataset, read_list
 # phase -> (train list, eval list) of the processed VTAB-1K layout (SPEC 4.1)
 SPLITS = {"tune": ("train800.txt", "val200.txt"), "final": ("train800val200.txt", "test.txt")}
 FORMATS = ("vtab", "imagefolder", "lists", "cifar100")
-TRANSFORMS = ("resize", "randaugment")
+TRANSFORMS = ("resize", "randaugment", "cifar100", "resisc45")
 
 
 @dataclass
@@ -49,28 +49,45 @@ def image_transform(img_size: int, mean, std, normalize: bool) -> transforms.Com
     return transforms.Compose(steps)
 
 
-def build_transforms(recipe: str, img_size: int, mean, std, normalize: bool) -> tuple[Callable, Callable]:
-    """(training, evaluation) transforms of a recipe.
+def augments(recipe: str, phase: str) -> bool:
+    """Whether a recipe's training transform draws a new random view of an image each epoch."""
+    return recipe not in ("resize", "cifar100") or (recipe == "cifar100" and phase == "final")
 
-    ``resize`` (VTAB-1K): ``image_transform`` for both, no augmentation. ``randaugment`` (few-shot
-    ImageNet, as PETL_Vision ran it): training is timm's random-resized crop, flip, colour jitter
-    0.4, RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (bicubic); evaluation is a
-    bicubic resize to 256/224 of the size and a centre crop.
+
+def build_transforms(recipe: str, img_size: int, mean, std, normalize: bool,
+                     phase: str = "final") -> tuple[Callable, Callable]:
+    """(training, evaluation) transforms of a recipe for a phase, as PETL_Vision ran each scenario.
+
+    ``resize`` (VTAB-1K, Clevr): ``image_transform`` for both, no augmentation. ``randaugment``
+    (few-shot ImageNet): training is timm's random-resized crop, flip, colour jitter 0.4,
+    RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (bicubic). ``cifar100``: a
+    bicubic random-resized crop and a horizontal flip, in final runs only (tuning trains on the
+    evaluation transform). ``resisc45``: the same crop with horizontal and vertical flips, in both
+    phases. Every recipe but ``resize`` evaluates on a bicubic resize to 256/224 of the size (of
+    both sides for ``randaugment``, of the shorter side for the others) and a centre crop.
     """
     if recipe not in TRANSFORMS:
         raise ValueError(f"unknown transform '{recipe}'; allowed: {', '.join(TRANSFORMS)}")
     if recipe == "resize":
         plain = image_transform(img_size, mean, std, normalize)
         return plain, plain
-    if not normalize:  # timm always normalises; the identity keeps pixels in [0, 1]
+    if not normalize:  # the identity keeps pixels in [0, 1]
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    train = create_transform(img_size, is_training=True, color_jitter=0.4,
-                             auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
-                             re_prob=0.25, re_mode="pixel", re_count=1, mean=mean, std=std)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    to_tensor = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     resized = int(256 / 224 * img_size)
     evaluation = transforms.Compose([
-        transforms.Resize((resized, resized), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(img_size), transforms.ToTensor(), transforms.Normalize(mean, std)])
+        transforms.Resize((resized, resized) if recipe == "randaugment" else resized, interpolation=bicubic),
+        transforms.CenterCrop(img_size), *to_tensor])
+    if recipe == "randaugment":
+        train = create_transform(img_size, is_training=True, color_jitter=0.4,
+                                 auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
+                                 re_prob=0.25, re_mode="pixel", re_count=1, mean=mean, std=std)
+        return train, evaluation
+    if not augments(recipe, phase):
+        return evaluation, evaluation
+    flips = [transforms.RandomHorizontalFlip()] + ([transforms.RandomVerticalFlip()] if recipe == "resisc45" else [])
+    train = transforms.Compose([transforms.RandomResizedCrop(img_size, interpolation=bicubic), *flips, *to_tensor])
     return train, evaluation
 
 
@@ -89,16 +106,40 @@ def _num_classes(dataset: Dataset) -> int:
     return max(targets) + 1
 
 
-def _list_files(spec: DataSpec, phase: str) -> tuple[Path, Path, Path]:
-    """(image root, train list, evaluation list) of the list-file formats (vtab, lists)."""
+def _list_files(spec: DataSpec, phase: str) -> tuple[Path, list[Path], Path]:
+    """(image root, train lists, evaluation list) of the list-file formats (vtab, lists): final
+    runs train on train + val, as VTAB-1K's train800val200 does."""
     if spec.format == "vtab":
         folder = Path(spec.root) / spec.task
         if not folder.is_dir():
             raise ValueError(f"task folder not found: {folder}")
         train_name, eval_name = SPLITS[phase]
-        return folder, folder / train_name, folder / eval_name
+        return folder, [folder / train_name], folder / eval_name
     root = Path(spec.root)
-    return root, root / spec.train_list, root / (spec.val_list if phase == "tune" else spec.test_list)
+    if phase == "tune":
+        return root, [root / spec.train_list], root / spec.val_list
+    return root, [root / spec.train_list, root / spec.val_list], root / spec.test_list
+
+
+def _image_folders(root: Path, phase: str) -> tuple[list[Path], Path]:
+    """(train folders, evaluation folder) of the imagefolder format; final runs train on train + val."""
+    folders = ([root / "train"], root / "val") if phase == "tune" else ([root / "train", root / "val"], root / "test")
+    for folder in [*folders[0], folders[1]]:
+        if not folder.is_dir():
+            raise ValueError(f"image folder not found: {folder}")
+    return folders
+
+
+def _image_folder(folders: list[Path], transform) -> datasets.ImageFolder:
+    """One ImageFolder over several folders of the same classes (train + val)."""
+    first, *others = [datasets.ImageFolder(str(f), transform=transform) for f in folders]
+    for other in others:
+        if other.class_to_idx != first.class_to_idx:
+            raise ValueError(f"{other.root}: its class folders differ from {first.root}'s")
+        first.samples += other.samples
+        first.targets += other.targets
+    first.imgs = first.samples
+    return first
 
 
 def _check_class_count(spec: DataSpec, found: int, where: Path) -> None:
@@ -114,14 +155,12 @@ def check_dataset(spec: DataSpec) -> None:
         raise ValueError(f"data root not found: {root}")
     for phase in SPLITS:
         if spec.format in ("vtab", "lists"):
-            _, *lists = _list_files(spec, phase)
-            labels = [label for path in lists for _, label in read_list(path)]
-            _check_class_count(spec, max(labels) + 1, lists[0].parent)
+            _, train_lists, eval_list = _list_files(spec, phase)
+            labels = [label for path in [*train_lists, eval_list] for _, label in read_list(path)]
+            _check_class_count(spec, max(labels) + 1, eval_list.parent)
         elif spec.format == "imagefolder":
-            folders = [root / "train", root / ("val" if phase == "tune" else "test")]
-            for folder in folders:
-                if not folder.is_dir():
-                    raise ValueError(f"image folder not found: {folder}")
+            train_folders, eval_folder = _image_folders(root, phase)
+            folders = [*train_folders, eval_folder]
             _check_class_count(spec, max(sum(e.is_dir() for e in f.iterdir()) for f in folders), root)
         else:  # cifar100: the index files (the class count is CIFAR-100's)
             for name in (spec.train_list, spec.val_list):
@@ -142,16 +181,13 @@ def build_datasets(spec: DataSpec, phase: str, transform,
         raise ValueError(f"data root not found: {root}")
     train_transform = train_transform or transform
     if spec.format in ("vtab", "lists"):
-        images, train_list, eval_list = _list_files(spec, phase)
-        train = ListDataset(images, train_list, train_transform)
+        images, train_lists, eval_list = _list_files(spec, phase)
+        train = ListDataset(images, train_lists, train_transform)
         evaluation = ListDataset(images, eval_list, transform)
     elif spec.format == "imagefolder":
-        folders = [root / "train", root / ("val" if phase == "tune" else "test")]
-        for folder in folders:
-            if not folder.is_dir():
-                raise ValueError(f"image folder not found: {folder}")
-        train = datasets.ImageFolder(str(folders[0]), transform=train_transform)
-        evaluation = datasets.ImageFolder(str(folders[1]), transform=transform)
+        train_folders, eval_folder = _image_folders(root, phase)
+        train = _image_folder(train_folders, train_transform)
+        evaluation = _image_folder([eval_folder], transform)
     else:
         train, evaluation = _cifar100(spec, root, phase, transform, train_transform)
     for dataset in (train, evaluation):
