@@ -379,7 +379,8 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
                                      epoch, lr, head_only=features is not None)
         scheduler.step(epoch)
         state["epoch"] = epoch + 1
-        metrics = {"epoch": epoch + 1, "lr": lr, "inserted_params": inserted, **train_metrics}
+        metrics = {"epoch": epoch + 1, "lr": lr, "inserted_params": inserted, "train_examples": len(train_set),
+                   **train_metrics}
         evaluated, stop = config.evaluates_at(epoch + 1), False
         if evaluated:
             if validates:

@@ -242,6 +242,7 @@ class StudyTracker(Callback):
         state = decide(error=error or bool(result.get(TRIAL_ERROR)), epochs=epochs,
                        planned_epochs=config["train"]["epoch"], early_stopped=bool(result.get("early_stopped")))
         final_metrics = {"inserted_params": result.get("inserted_params"), "epochs_run": epochs,
+                         "train_examples": result.get("train_examples"),
                          "trial_seconds": result.get("trial_seconds")}
         now = int(time.time() * 1000)
         tags = {"state": state, **{key: str(result[key])[:5000] for key in ("note", TRIAL_ERROR) if result.get(key)}}
