@@ -62,11 +62,12 @@ def _tupled(obj):
 def save(folder: Path, model, optimizer, scheduler, progress: dict[str, Any],
          best: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint into ``folder`` (created); ``progress`` is any JSON-able run state,
-    ``best`` the trainable tensors of the best validation epoch so far (when selecting on it)."""
+    ``best`` the trainable tensors of the best validation epoch so far (when selecting on it).
+    A run with nothing to train (zero_shot) has no optimizer and no scheduler: None."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"param.{n}": t.contiguous() for n, t in trainable_state(model).items()}
     tensors.update({f"best.{n}": t.contiguous() for n, t in (best or {}).items()})
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"opt.{index}.{key}"] = value.detach().contiguous().cpu()
@@ -74,7 +75,7 @@ def save(folder: Path, model, optimizer, scheduler, progress: dict[str, Any],
     tensors.update(rng_tensors)
     save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / TENSORS))
     meta = {"progress": progress, "param_groups": opt["param_groups"], "rng": rng_meta,
-            "scheduler": {k: v for k, v in scheduler.state_dict().items() if _is_json(v)}}
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if _is_json(v)} if scheduler else {}}
     (folder / META).write_text(json.dumps(meta))
     return folder
 
@@ -121,10 +122,14 @@ def save_adapter(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | 
     """The trained tensors (method + head) as safetensors; ``metadata`` stored as JSON strings."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
-    # "format" as torch's own files have it; it also keeps a file without tensors (zero_shot) readable:
-    # safetensors writes an empty header it cannot read back.
-    save_file(tensors, str(path), metadata={"format": "pt", **{k: json.dumps(v) for k, v in (metadata or {}).items()}})
+    save_file(tensors, str(path), metadata=_file_metadata(metadata))
     return path
+
+
+def _file_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
+    # "format" as torch's own files have it; it also keeps a file without tensors (zero_shot)
+    # readable: safetensors writes an empty header it cannot read back.
+    return {"format": "pt", **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
 
 
 def load_adapter(model: torch.nn.Module, path: Path) -> None:
@@ -147,5 +152,5 @@ def adapter_from_checkpoint(folder: Path, out: Path, metadata: dict[str, Any] | 
         raise ValueError(f"corrupt or missing checkpoint {folder}: {type(err).__name__}") from None
     params = _params_of(tensors)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(params, str(out), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    save_file(params, str(out), metadata=_file_metadata(metadata))
     return out

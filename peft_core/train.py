@@ -348,13 +348,23 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
             kept[name] = result
         return {f"{name}_{key}": result[key] for key in ("loss", "top1", "top5")}
 
+    def checkpoint_and_report(metrics: dict, optimizer, scheduler, state: dict, best: dict) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
+        try:
+            ckpt.save(folder, model, optimizer, scheduler, state, best)
+            for name, result in kept.items():
+                save_predictions(folder / f"predictions_{name}.npz", result)
+            report(metrics, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # zero-shot: nothing to train, one evaluation of every set
         metrics = {"epoch": 0, "inserted_params": 0}
         for name in eval_sets:
             metrics.update(scores(name))
-        if report is not None:
-            report(metrics, None)
+        if report is not None:  # its checkpoint: what export, predict and evaluate rebuild it from
+            checkpoint_and_report(metrics, None, None, {"epoch": 0, "history": [metrics]}, {})
         return TrainResult("completed", metrics, [metrics], 0, time.time() - start, model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.wd)
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epoch, lr_min=config.lr_min,
@@ -402,14 +412,7 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: Path |
         if report is not None:  # every epoch: training curves, and a checkpoint to resume from
             every = config.checkpoint_every
             if evaluated or (every and (epoch + 1) % every == 0):
-                folder = Path(tempfile.mkdtemp(prefix="peft-ckpt-"))
-                try:
-                    ckpt.save(folder, model, optimizer, scheduler, state, best)
-                    for name, result in kept.items():
-                        save_predictions(folder / f"predictions_{name}.npz", result)
-                    report(metrics, folder)
-                finally:
-                    shutil.rmtree(folder, ignore_errors=True)
+                checkpoint_and_report(metrics, optimizer, scheduler, state, best)
             else:
                 report(metrics, None)
         if stop:

@@ -28,6 +28,9 @@ TRACKING_URI = "tracking_uri.txt"
 # A trial's status in SEARCH_STATE: running, then its outcome (search/tune/outcome.py decides it).
 RUNNING, COMPLETED, EARLY_STOPPED, PRUNED, FAILED = "running", "completed", "early_stopped", "pruned", "failed"
 DONE = (COMPLETED, EARLY_STOPPED, PRUNED, FAILED)
+# Trained to the end of their own schedule (patience included): a tuning trial a cell may select,
+# a final run that is scored, exported and evaluated.
+TRAINED = (COMPLETED, EARLY_STOPPED)
 TUNE_EXPERIMENT = "tune"  # Ray Tune's experiment folder, under ray/
 
 

@@ -16,7 +16,7 @@ from peft_core.clip import split_text_head
 from peft_core.run_config import PATH_KEYS
 from peft_core.train import TrainConfig, build_model
 
-from ..study_folder import COMPLETED, SEARCH_STATE, read_mlflow_runs, read_trials
+from ..study_folder import SEARCH_STATE, TRAINED, read_mlflow_runs, read_trials
 from ..study import StudyError
 
 
@@ -36,7 +36,7 @@ def final_runs(study_dir: Path, seed: int | str | None = None) -> list[dict]:
         raise StudyError(f"{study_dir}: not a study folder (no {SEARCH_STATE})")
     by_cell: dict[str, list[dict]] = {}
     for record in read_trials(study_dir).values():
-        if record["phase"] == "final" and record["status"] == COMPLETED:
+        if record["phase"] == "final" and record["status"] in TRAINED:
             by_cell.setdefault(record["cell"], []).append(record)
     if not by_cell:
         raise StudyError(f"{study_dir}: no finished final run to export yet")

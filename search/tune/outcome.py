@@ -7,8 +7,6 @@ from ..study_folder import COMPLETED, EARLY_STOPPED, FAILED, PRUNED
 
 # The result key of a trial's own error (one line): reported, not raised, so it is never retried.
 TRIAL_ERROR = "trial_error"
-# Outcomes whose value a cell may select: the trial trained to the end of its own schedule.
-SELECTABLE = (COMPLETED, EARLY_STOPPED)
 # MLflow's terminal run status per outcome (an ASHA stop is KILLED, as in the MLflow layout).
 MLFLOW_STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
 

@@ -10,8 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..study_folder import COMPLETED, DONE, FAILED, RUNNING
-from .outcome import SELECTABLE
+from ..study_folder import DONE, FAILED, RUNNING, TRAINED
 
 
 @dataclass
@@ -59,7 +58,7 @@ class CellBook:
         self.best: TrialRecord | None = None
         self.history: list[tuple[dict, float]] = []  # (params, value) of selectable tuning trials
         self.first_failed: TrialRecord | None = None
-        self.test_top1: list[float | None] = []  # of completed final runs
+        self.test_top1: list[float | None] = []  # of final runs that trained to their end
         self.epochs = self.tune_epochs = 0
         self.seconds = 0.0
         self._counted: dict[str, tuple[int, float]] = {}  # trial -> (epochs, seconds) in the sums
@@ -113,9 +112,9 @@ class CellBook:
         if record.status == FAILED and self.first_failed is None:
             self.first_failed = record
         if record.phase == "final":
-            if record.status == COMPLETED:
+            if record.status in TRAINED:
                 self.test_top1.append(record.metrics.get("test_top1"))
-        elif record.status in SELECTABLE and record.value is not None:
+        elif record.status in TRAINED and record.value is not None:
             self.history.append((record.params, record.value))
             if self.best is None or self._rank(record) >= self._rank(self.best):
                 self.best = record

@@ -37,8 +37,9 @@ from .store import SearchStore
 
 OUTAGE_STOP = "mlflow_outage.txt"  # written when the tracker stopped the driver: why, for the CLI
 RETRY_SECONDS = 5.0  # while the server is away, how often the outbox tries again
+# selected_epoch: whose weights a final run that selects on validation tested (CLIP's recipe)
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss",
-                 "test_top1", "test_top5", "lr")
+                 "test_top1", "test_top5", "lr", "selected_epoch")
 
 
 class StudyTracker(Callback):
