@@ -281,9 +281,9 @@ def test_a_methods_own_grid_needs_grid_values(base, tmp_path, capsys):
 
 
 def test_clip_imagenet_study_is_the_studys_own_clip_files():
-    """Every cell of clip_imagenet.yaml runs what the study's clip_fs_imagenet.yml + its
-    method-imagenet file (the rank-32 one where it swept ranks) resolve to, and searches the
-    drop-path grid of its lr_wd_clip_imagenet.yml."""
+    """Every cell of clip_imagenet.yaml, one per method-imagenet file (lora_1 ... lora_256), runs
+    what the study's clip_fs_imagenet.yml + that file resolve to, and searches the drop-path grid
+    of its lr_wd_clip_imagenet.yml."""
     from pathlib import Path
 
     from peft_core.registry import get_method
@@ -291,19 +291,19 @@ def test_clip_imagenet_study_is_the_studys_own_clip_files():
     petl = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "petl_config"
     study = load_study(SPACES / "clip_imagenet.yaml", check_data=False)
     searched = yaml.safe_load((petl / "lr_wd_clip_imagenet.yml").read_text())
-    for cell in study.cells():
-        files = [petl / "method-imagenet" / f"{cell.method}{suffix}.yml" for suffix in ("", "_32", "_50")]
-        method_file = next(f for f in files if f.is_file()) if cell.method != "zero_shot" else None
-        if method_file is None:
-            continue
+    files = sorted((petl / "method-imagenet").glob("*.yml"))
+    assert [c.method for c in study.cells()] == ["zero_shot"] + [f.stem for f in sorted(
+        files, key=lambda f: (study.methods.index(f.stem)))] and len(files) == len(study.methods) - 1
+    for cell in study.cells()[1:]:
+        method_file = petl / "method-imagenet" / f"{cell.method}.yml"
         theirs, _ = resolve_grid(*merged_values([petl / "clip_fs_imagenet.yml", method_file],
                                                 {"lr": searched["lr"], "wd": searched["wd"]}))
-        assert theirs.method == cell.method
+        assert theirs.method == study.base_method(cell.method)
         space = study.space(cell.method)
         ours = study.trial_config(cell, {k: d.values[0] for k, d in space.items()}, "tune", None)
         for key in ("lr", "wd", "lr_min", "warmup_lr_init", "epoch", "warmup_epoch", "batch_size",
                     "early_patience", "eval_freq", "final_acc_hp", "normalize", "drop_path_rate"):
             assert ours[key] == getattr(theirs, key), (cell.id, key)
-        method = get_method(cell.method)  # every hyper-parameter, defaults included
+        method = get_method(theirs.method)  # every hyper-parameter, defaults included
         assert method.from_hp(**ours["hp"]) == method.from_hp(**theirs.hp), cell.id
         assert list(space["drop_path_rate"].values) == searched["drop_path_rate"]
