@@ -56,10 +56,12 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
                       for k in finished_before}
     # What a kill between Tune deleting a checkpoint and its next snapshot leaves: the snapshot
     # names a folder that is gone, a later one is there (Tune alone fails such a trial 3 times).
+    on_disk = {}
     for trial_id in interrupted:
         # (Checkpoint i holds epoch i + 1; the last recorded epoch's is there, later ones may be.)
         trial_dir = study_dir / "ray" / "tune" / f"trial_{trial_id}"
         recorded = trial_dir / f"checkpoint_{interrupted[trial_id]['epochs'] - 1:06d}"
+        on_disk[trial_id] = sorted(f.name for f in trial_dir.glob("checkpoint_*"))
         for folder in trial_dir.glob("checkpoint_*"):
             if folder != recorded:
                 shutil.rmtree(folder)
@@ -85,7 +87,7 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
         restarts = [r["epoch"] for r in results if r["iterations_since_restore"] == 1]
         assert len(restarts) == 2 and restarts[1] > 1, restarts  # the second start began past epoch 1
         steps = {m.step for m in client.get_metric_history(run_of(trial_id).info.run_id, "val_top1")}
-        assert steps == set(range(1, EPOCHS + 1))
+        assert steps == set(range(1, EPOCHS + 1)), (record["epochs"], on_disk[trial_id], restarts, steps)
         # same result as the uninterrupted run (fixed seed, CPU)
         params = json.loads((study_dir / "ray" / "tune" / f"trial_{trial_id}" / "params.json").read_text())
         uninterrupted = train(TrainConfig(**params["train"]))

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ..study_folder import read_asha
@@ -26,13 +27,39 @@ class CellASHA(FIFOScheduler):
         self.rungs: dict[str, dict[str, dict[str, float]]] | None = None  # cell -> rung -> trial -> value
         self.stopped: list[str] = []
         self._store: SearchStore | None = None
+        self._unfinished: dict[Trial, None] = {}  # trials added and not yet ended, in order
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_store"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_store", "_unfinished")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._store = None
+        self._store, self._unfinished = None, {}
+
+    # FIFO over the trials not yet ended, not over every trial of the experiment: Tune's own
+    # FIFOScheduler walks them all on each step, which grew the driver's cost per trial with the
+    # study (18 % of its time by trial 4,500 of a 5,300-trial replay).
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        self._unfinished[trial] = None
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._unfinished.pop(trial, None)
+
+    def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self._unfinished.pop(trial, None)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._unfinished.pop(trial, None)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        ended = [t for t in self._unfinished if t.status in (Trial.TERMINATED, Trial.ERROR)]
+        for trial in ended:  # ended without telling the scheduler (restored from a snapshot)
+            del self._unfinished[trial]
+        for wanted in (Trial.PENDING, Trial.PAUSED):
+            for trial in self._unfinished:
+                if trial.status == wanted:
+                    return trial
+        return None
 
     def _load(self) -> None:
         if self.rungs is None:

@@ -190,9 +190,11 @@ class StudyTracker(Callback):
             if record is None or self.runs["trials"].get(trial_id) != run_id:
                 self.client.set_terminated(run_id, "KILLED")
                 self.client.delete_run(run_id)
-                if record is not None:
-                    continue  # a stray run of a trial whose own run stays as it is
-            elif record["status"] in DONE:
+                if record is None:
+                    self.open_trials.discard(trial_id)
+                continue  # (else a stray run of a trial whose own run stays as it is)
+            self._log_last_recorded_epoch(run_id, record)
+            if record["status"] in DONE:
                 now = int(time.time() * 1000)
                 # Its per-epoch metrics went in as they came; only the end is missing.
                 metrics = {"epochs_run": record["epochs"], "trial_seconds": record["seconds"]}
@@ -203,6 +205,16 @@ class StudyTracker(Callback):
             else:
                 continue
             self.open_trials.discard(trial_id)
+
+    def _log_last_recorded_epoch(self, run_id: str, record: dict) -> None:
+        """A driver killed between the searcher recording an epoch and this tracker logging it
+        leaves MLflow without that epoch, and the trial resumes after it: log it from the record."""
+        epoch = record["epochs"]
+        if not epoch or epoch in {m.step for m in self.client.get_metric_history(run_id, "train_loss")}:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()
+                                               if k in EPOCH_METRICS and v is not None])
 
     # -- Tune callback hooks: each one's writes, as operations --------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
