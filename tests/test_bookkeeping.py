@@ -142,6 +142,8 @@ def test_runs_a_crash_left_open_are_deleted_finished_or_kept(tmp_path):
     for i in range(3):
         searcher.suggest(f"t{i}")
     finish(searcher, "t2", 70.0)
+    # t0's epoch 1 recorded by the searcher; the driver died before the tracker logged it
+    searcher.on_trial_result("t0", {"epoch": 1, "val_top1": 40.0, "train_loss": 2.5, "trial_seconds": 1.0})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = StudyTracker(searcher.study, searcher.study_dir, uri)
     tracker.setup()
@@ -163,6 +165,10 @@ def test_runs_a_crash_left_open_are_deleted_finished_or_kept(tmp_path):
     assert (ended_run.info.status, ended_run.data.tags["state"]) == ("FINISHED", "completed")
     assert ended_run.data.metrics["val_top1"] == 70.0
     assert len(client.get_metric_history(ended, "val_top1")) == 1  # not logged a second time
+    for key, value in (("val_top1", 40.0), ("train_loss", 2.5)):  # logged from the record, once
+        assert [(m.step, m.value) for m in client.get_metric_history(recorded, key)] == [(1, value)]
+    StudyTracker(searcher.study, searcher.study_dir, uri).setup()
+    assert len(client.get_metric_history(recorded, "val_top1")) == 1
     cells = {r.data.tags["cell"] for r in client.search_runs([experiment], "tags.phase = 'cell'")}
     assert cells == {"digits/linear"}  # the cell's run was neither touched nor opened twice
 

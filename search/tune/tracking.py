@@ -209,12 +209,12 @@ class StudyTracker(Callback):
     def _log_last_recorded_epoch(self, run_id: str, record: dict) -> None:
         """A driver killed between the searcher recording an epoch and this tracker logging it
         leaves MLflow without that epoch, and the trial resumes after it: log it from the record."""
-        epoch = record["epochs"]
-        if not epoch or epoch in {m.step for m in self.client.get_metric_history(run_id, "train_loss")}:
-            return
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()
-                                               if k in EPOCH_METRICS and v is not None])
+        epoch, now = record["epochs"], int(time.time() * 1000)
+        missing = [Metric(key, float(value), now, epoch) for key, value in record["metrics"].items()
+                   if epoch and key in EPOCH_METRICS and value is not None
+                   and epoch not in {m.step for m in self.client.get_metric_history(run_id, key)}]
+        if missing:
+            self.client.log_batch(run_id, metrics=missing)
 
     # -- Tune callback hooks: each one's writes, as operations --------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
