@@ -242,6 +242,13 @@ def _ssf(module: nn.Module, suffix: str, y: torch.Tensor) -> torch.Tensor:
     return y * getattr(module, f"ssf_scale{tail}") + getattr(module, f"ssf_shift{tail}")
 
 
+def _after_linear(module: nn.Module, out: torch.Tensor, x: torch.Tensor, fact_part, ssf_suffix: str) -> torch.Tensor:
+    """A wrapped linear's output with the study's FacT branch (on its input) and SSF added."""
+    if fact_part is not None:
+        out = out + fact_part(x, module.index)
+    return _ssf(module, ssf_suffix, out) if module.ssf else out
+
+
 # ---- the study's attention, MLP and block ---------------------------------------------------------
 
 class StudyAttention(nn.Module):
@@ -268,20 +275,12 @@ class StudyAttention(nn.Module):
         qkv = self.qkv(x)
         if hasattr(self, "lora"):
             qkv = qkv + self.lora(x)
-        if fact is not None:
-            qkv = qkv + fact.qkv(x, self.index)
-        if self.ssf:
-            qkv = _ssf(self, "qkv", qkv)
+        qkv = _after_linear(self, qkv, x, fact and fact.qkv, "qkv")
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-2, -1)) * self.scale
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        out = self.proj(x)
-        if fact is not None:
-            out = out + fact.proj(x, self.index)
-        if self.ssf:
-            out = _ssf(self, "linear", out)
-        return self.proj_drop(out)
+        return self.proj_drop(_after_linear(self, self.proj(x), x, fact and fact.proj, "linear"))
 
 
 class StudyMlp(nn.Module):
@@ -298,18 +297,8 @@ class StudyMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fact = self._fact[0]
-        h = self.fc1(x)
-        if fact is not None:
-            h = h + fact.fc1(x, self.index)
-        if self.ssf:
-            h = _ssf(self, "hidden", h)
-        h = self.drop1(self.act(h))
-        out = self.fc2(h)
-        if fact is not None:
-            out = out + fact.fc2(h, self.index)
-        if self.ssf:
-            out = _ssf(self, "out", out)
-        return self.drop2(out)
+        h = self.drop1(self.act(_after_linear(self, self.fc1(x), x, fact and fact.fc1, "hidden")))
+        return self.drop2(_after_linear(self, self.fc2(h), h, fact and fact.fc2, "out"))
 
 
 class Prompts(nn.Module):
@@ -372,18 +361,12 @@ class StudyBlock(nn.Module):
                 x = x[:, p:]
             tokens = prompts.dropout(prompts.prompt_embeddings[self.index]).expand(x.shape[0], -1, -1)
             x = torch.cat([tokens, x], dim=1)
-        h = self.norm1(x)
-        if s.ssf:
-            h = _ssf(self, "1", h)
-        a = self._branch(x, h, self.attn, self.ft_attn_module, s.attn_mode, s.attn_ln,
-                         self.ls1, self.drop_path1, getattr(self, "difffit_gamma1", None))
-        x = x + self.drop_path1(self.ls1(a))
-        h = self.norm2(x)
-        if s.ssf:
-            h = _ssf(self, "2", h)
-        m = self._branch(x, h, self.mlp, self.ft_mlp_module, s.mlp_mode, s.mlp_ln,
-                         self.ls2, self.drop_path2, getattr(self, "difffit_gamma2", None))
-        x = x + self.drop_path2(self.ls2(m))
+        halves = ((1, self.norm1, self.attn, self.ft_attn_module, s.attn_mode, s.attn_ln, self.ls1, self.drop_path1),
+                  (2, self.norm2, self.mlp, self.ft_mlp_module, s.mlp_mode, s.mlp_ln, self.ls2, self.drop_path2))
+        for i, norm, layer, module, mode, ln, ls, drop_path in halves:
+            h = _ssf(self, str(i), norm(x)) if s.ssf else norm(x)
+            out = self._branch(x, h, layer, module, mode, ln, ls, drop_path, getattr(self, f"difffit_gamma{i}", None))
+            x = x + drop_path(ls(out))
         if self.strip:
             x = x[:, prompts.prompt_embeddings.shape[1]:]
         return x
