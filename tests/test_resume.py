@@ -41,6 +41,14 @@ def test_sigkill_then_resume_reruns_nothing_and_loses_nothing(tmp_path, minivtab
             time.sleep(0.1)
     finally:
         kill_group(driver)
+    # Ray's workers outlive the driver for a moment and may still write a checkpoint: let them go
+    listing, deadline = None, time.time() + 30
+    while time.time() < deadline:
+        now = sorted(str(p) for p in (study_dir / "ray" / "tune").glob("trial_*/checkpoint_*"))
+        if now == listing:
+            break
+        listing = now
+        time.sleep(2)
     before = json.loads(json.dumps(read_trials(study_dir)))
     finished_before = {k: v for k, v in before.items() if v["status"] == "completed"}
     interrupted = {k: v for k, v in before.items() if v["status"] == "running" and v["epochs"] >= 2}
