@@ -202,6 +202,11 @@ def methods_with_role(role: str) -> list[str]:
     return sorted(n for n, cls in _METHODS.items() if cls.role == role)
 
 
+def study_switch_keys() -> frozenset[str]:
+    """Every study key that switches some method on."""
+    return frozenset(k for cls in _METHODS.values() for k in cls.study_switches)
+
+
 def study_flag_keys() -> frozenset[str]:
     """Every study key some method is named by: its switches and its placement flags."""
     return frozenset(k for cls in _METHODS.values() for k in (*cls.study_switches, *cls.study_modes))
@@ -216,7 +221,7 @@ def method_from_study_keys(values: Mapping[str, Any], source: str) -> str:
     method may fit: none (while a switch is on) or several is a one-line ValueError. With no
     switch on, the method is the linear probe.
     """
-    switch_keys = {k for cls in _METHODS.values() for k in cls.study_switches}
+    switch_keys = study_switch_keys()
     on = {k: v for k, v in values.items() if k in switch_keys and v}
     by_name = [cls.name for cls in _METHODS.values() if cls.study_method_name is not None
                and cls.study_method_name == values.get("method_name")]

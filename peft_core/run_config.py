@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import get_backbone
-from .registry import get_method, method_from_study_keys, method_names, study_flag_keys
+from .registry import get_method, method_from_study_keys, method_names, study_flag_keys, study_switch_keys
 from .train import TrainConfig
 from .yaml_files import read_yaml
 
@@ -101,8 +101,7 @@ def study_space(values: dict[str, Any], source: str, settings: dict[str, Any], m
     listed grid or its one value: every hyper-parameter of the method, and each training
     setting that differs from what the cell gets anyway (``settings``). Keys about data,
     hardware or logging are the study's own."""
-    switches = {k for name in method_names() for k in get_method(name).study_switches}
-    if method is not None and not values.get("method_name") and not any(values.get(k) for k in switches):
+    if method is not None and not values.get("method_name") and not any(values.get(k) for k in study_switch_keys()):
         values = {**values, "method": method}
     config, grid = resolve_grid(values, source)
     if backbone is not None and config.backbone != backbone and "backbone" in {_RENAMED.get(k, k) for k in values}:

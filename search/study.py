@@ -19,7 +19,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, P
 from peft_core.backbones import check_checkpoint
 from peft_core.data.loaders import FORMATS, DataSpec, check_dataset
 from peft_core.registry import get_method, method_names
-from peft_core.run_config import study_space
+from peft_core.run_config import merged_values, study_space
 from peft_core.train import BackboneName, MethodName, Seed, TrainConfig, TrainSettings, weights_file
 from peft_core.typed import KeyedError, StrictModel, message_of, one_line
 from peft_core.yaml_files import read_yaml
@@ -222,11 +222,9 @@ class Study(StrictModel):
             where = f"spaces.{name}.files"
             if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
                 raise KeyedError(where, "expected a file or a list of files")
-            values: dict[str, Any] = {}
             try:
-                for file in files:
-                    values.update(read_yaml(source.parent / file))
-                label = " + ".join(files)
+                values, _ = merged_values([source.parent / file for file in files])
+                label = " + ".join(files)  # as written in the study
                 known = name if name in method_names() else variants.get(name)
                 method, found = study_space(values, label, settings, known, data.get("backbone"))
             except ValueError as err:

@@ -122,6 +122,7 @@ def _record(client: MlflowClient, run: Run, phase: str) -> RunRecord:
     tags, metrics, params = run.data.tags, dict(run.data.metrics), dict(run.data.params)
     dataset = dataset_key(tags)
     split = manyshot_split(dataset)
+    base_method = tags.get(BASE_METHOD, tags[METHOD])  # absent in imported runs
     histories = {name: tuple((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
                  for name in metrics if name.startswith(HISTORY_PREFIX)}
     return RunRecord(
@@ -129,8 +130,7 @@ def _record(client: MlflowClient, run: Run, phase: str) -> RunRecord:
         state=tags.get(STATE) or _STATE_OF_STATUS.get(run.info.status),
         dataset=dataset, vtab_group=vtab_group(dataset),
         manyshot_base=split[0] if split else None, manyshot_size=split[1] if split else None,
-        method=tags[METHOD], base_method=tags.get(BASE_METHOD, tags[METHOD]),
-        role=role_of(tags.get(BASE_METHOD, tags[METHOD])), seed=_seed(params),
+        method=tags[METHOD], base_method=base_method, role=role_of(base_method), seed=_seed(params),
         metrics=metrics, params=params, histories=histories, note=tags.get(NOTE))
 
 

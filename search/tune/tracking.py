@@ -111,7 +111,8 @@ class StudyTracker(Callback):
                 continue
             run = self.client.create_run(self.runs["experiment_id"], run_name=cell.id, tags={
                 "study": self.study.name, "dataset": cell.dataset, "method": cell.method,
-                "base_method": self.study.base_method(cell.method), "backbone": self.study.backbone, "phase": "cell", "cell": cell.id})
+                "base_method": self.study.base_method(cell.method), "backbone": self.study.backbone,
+                "phase": "cell", "cell": cell.id})
             self._remember("cell", cell.id, run.info.run_id)
 
     # -- sending, or keeping what the server cannot take -----------------------------------
