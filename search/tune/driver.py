@@ -13,6 +13,7 @@ from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study, portable_mapping
 from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, check_writable,
                             load_study_dir, read_cells, trial_folder_name, tune_dir)
+from .controller import constant_time_is_finished
 from .replay import ASHA_NOTE, Replay, replay_trial
 from .scheduler import CellASHA
 from .searcher import StudySearcher
@@ -147,7 +148,8 @@ def _fit(tuner, study_dir: Path) -> None:
     then one line saying so, exit 1, and the study resumes later."""
     stop = study_dir / OUTAGE_STOP
     stop.unlink(missing_ok=True)
-    tuner.fit()
+    with constant_time_is_finished():
+        tuner.fit()
     if stop.is_file():
         message = stop.read_text()
         stop.unlink()
