@@ -333,13 +333,14 @@ class Study(StrictModel):
         for method in self.methods:
             samples, key = self.num_samples(method)
             space = self.space(method)
-            if samples == "grid" or not space or not all(dim.categorical for dim in space.values()):
+            if samples == "grid" or not all(dim.categorical for dim in space.values()):
                 continue
-            size = math.prod(len(dim.values) for dim in space.values())
+            size = math.prod(len(dim.values) for dim in space.values())  # 1: nothing to search
             if samples > size:
-                raise KeyedError(key, f"{samples} is more than the {size} points of spaces.{method} (all "
-                                 f"grid/choice): trials would repeat points; use num_samples: grid, or "
-                                 f"search.num_samples_by_method: {{{method}: grid}}")
+                what = (f"the {size} points of spaces.{method} (all grid/choice)" if space else
+                        f"the 1 point of {method}, which has no spaces entry")
+                raise KeyedError(key, f"{samples} is more than {what}: trials would repeat points; use "
+                                 f"num_samples: grid, or search.num_samples_by_method: {{{method}: grid}}")
 
     def _check_asha(self) -> None:
         asha = self.search.asha

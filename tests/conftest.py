@@ -58,6 +58,7 @@ def base_study(minivtab):
         "name": "bad", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
         "datasets": ["digits"], "methods": ["linear", "lora"],
         "train": {"epoch": 3, "warmup_epoch": 0, "pretrained": False},
-        "spaces": {"lora": {"lr": {"loguniform": [0.0001, 0.01]}, "lora_bottleneck": {"choice": [1, 8]}}},
+        "spaces": {"linear": {"lr": {"loguniform": [0.001, 0.05]}},
+                   "lora": {"lr": {"loguniform": [0.0001, 0.01]}, "lora_bottleneck": {"choice": [1, 8]}}},
         "search": {"sampler": "tpe", "num_samples": 2, "asha": {"grace_period": 1, "max_t": 3}},
     }

@@ -203,3 +203,26 @@ def test_a_restarted_driver_does_not_draw_the_points_it_drew_before(tmp_path, sa
     after = [restarted.suggest(f"u{i}")["params"]["lr"] for i in range(3)]
     assert not set(after) & set(before), (before, after)
     assert summarize(tmp_path / "study_dir")["duplicate_trials"] == 0
+
+
+def test_each_method_walks_its_grid_only_where_its_own_num_samples_says_grid(tmp_path):
+    """A study-wide sampler with one method on `grid` walks that method's grid point by point;
+    a method given a number under a study-wide `grid` is sampled (it used to index its bounds)."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "name": "mixed", "backbone": "tiny_vit_b16_in21k", "data_root": str(tmp_path),
+        "datasets": ["digits"], "methods": ["linear", "lora"],
+        "train": {"epoch": EPOCHS, "warmup_epoch": 0, "pretrained": False},
+        "spaces": {"linear": {"lr": {"grid": GRID}}, "lora": {"lr": {"loguniform": [1e-4, 1e-1]}}},
+        "search": {"sampler": "tpe", "num_samples": "grid", "num_samples_by_method": {"lora": 4}}}))
+    study = load_study(tmp_path / "study.yaml", check_data=False)
+    (tmp_path / "study_dir").mkdir()
+    searcher = StudySearcher(study, tmp_path / "study_dir")
+    drawn = {"linear": [], "lora": []}
+    for i in range(9):  # 3 + 4 tuning trials, then each cell's final run
+        config = searcher.suggest(f"t{i}")
+        if config["phase"] == "tune":
+            drawn[config["train"]["method"]].append(config["params"]["lr"])
+        finish(searcher, f"t{i}", 10.0 + i)
+    assert drawn["linear"] == GRID  # in grid order, each point once
+    assert len(drawn["lora"]) == 4 and len(set(drawn["lora"])) == 4
+    assert all(1e-4 <= lr <= 1e-1 for lr in drawn["lora"])

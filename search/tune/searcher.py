@@ -69,7 +69,6 @@ class StudySearcher(Searcher):
         super().__init__(metric=study.search.metric, mode="max")
         self.study, self.study_dir = study, Path(study_dir)
         self.cells = study.cells()
-        self.grid_mode = study.search.sampler == "grid" or study.search.num_samples == "grid"
         self._samplers: dict[str, CellSampler] = {}
         self._store: SearchStore | None = None
         self._load()
@@ -91,7 +90,10 @@ class StudySearcher(Searcher):
     def _load(self) -> None:
         """Records and cell books from the search state (empty for a new study)."""
         self._position = {cell.id: i for i, cell in enumerate(self.cells)}
-        self._grids = {m: grid_points(self.study.space(m)) for m in self.study.methods} if self.grid_mode else {}
+        # Methods that walk their grid, point by point: every method under the grid sampler, and
+        # each method whose own num_samples is "grid" (study-wide or by method).
+        self._grids = {m: grid_points(self.study.space(m)) for m in self.study.methods
+                       if self.study.search.sampler == "grid" or self.study.num_samples(m)[0] == "grid"}
         self.books = {cell.id: CellBook(cell.id, self.study.budget(cell), len(self.study.final.seeds),
                                         self._grids.get(cell.method)) for cell in self.cells}
         for cell_id, summary in read_cells(self.study_dir).items():
@@ -202,7 +204,7 @@ class StudySearcher(Searcher):
         fixed = None
         if book.requeue:
             fixed = book.requeue.pop(0)
-        elif self.grid_mode:
+        elif cell.method in self._grids:
             points = self._grids[cell.method] or [{}]
             fixed = points[book.grid_next]
             book.grid_next += 1
