@@ -8,9 +8,13 @@ config also declares the study's YAML flags that name it (``method_from_study_ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Annotated, Any, ClassVar, Mapping
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -44,40 +48,45 @@ def _allowed(f: dataclasses.Field) -> str:
     return kind
 
 
-def _check_value(method: str, f: dataclasses.Field, value: Any) -> Any:
-    """Coerce ``value`` to the field's type and check its range; ValueError names both."""
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    bad = ValueError(f"method '{method}': hyper-parameter '{f.name}'={value!r} is invalid; "
-                     f"allowed: {_allowed(f)}")
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad
-    elif kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise bad
-        value = int(value)
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        value = float(value)
-    elif kind.startswith("list"):
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not value or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise bad
-        return list(value)
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise bad
-    m = f.metadata
-    if m.get("choices") is not None and value not in m["choices"]:
-        raise bad
-    if m.get("low") is not None and value < m["low"]:
-        raise bad
-    if m.get("high") is not None and value > m["high"]:
-        raise bad
-    return value
+def _whole(value: Any) -> Any:
+    """8.0 is the integer 8 (YAML and the study's files write either)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _listed(value: Any) -> Any:
+    """One integer is a list of one; a tuple (the study's files write block lists so) a list."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return list(value) if isinstance(value, tuple) else value
+
+
+@functools.cache
+def _field_type(cls: type, name: str) -> TypeAdapter:
+    """A hyper-parameter's type (from the config's annotations) with its metadata's range and
+    choices, strict: no strings for numbers, no numbers for booleans."""
+    hint = typing.get_type_hints(cls)[name]
+    meta = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
+    checks: list[Any] = [Field(ge=meta.get("low"), le=meta.get("high"))]
+    if typing.get_origin(hint) is list:
+        checks = [BeforeValidator(_listed), Field(min_length=1)]
+    elif hint is int:
+        checks.insert(0, BeforeValidator(_whole))
+    if meta.get("choices") is not None:
+        checks.append(AfterValidator(lambda v: v if v in meta["choices"] else _not_a_choice()))
+    return TypeAdapter(Annotated[hint, *checks], config=ConfigDict(strict=True))
+
+
+def _not_a_choice() -> Any:
+    raise ValueError("not one of the choices")
+
+
+def _check_value(cls: type["MethodConfig"], f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field's type, in its range; ValueError names the method, key and value."""
+    try:
+        return _field_type(cls, f.name).validate_python(value)
+    except ValidationError:
+        raise ValueError(f"method '{cls.name}': hyper-parameter '{f.name}'={value!r} is invalid; "
+                         f"allowed: {_allowed(f)}") from None
 
 
 @dataclass
@@ -111,7 +120,7 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _check_value(self.name, f, getattr(self, f.name)))
+            setattr(self, f.name, _check_value(type(self), f, getattr(self, f.name)))
 
     @classmethod
     def from_hp(cls, **hp: Any) -> "MethodConfig":

@@ -1,8 +1,8 @@
 """``peft-search``: one entry point, one sub-command per job. Errors are one line, exit code 2.
 
 Each sub-package registers its own commands: ``core_commands`` (methods, params, train, data,
-schema), ``tune`` (run, resume, status, demo), ``models`` (export, evaluate, wise), ``report``
-(report, import-petl), ``cluster`` (submit, jobs, mlflow-server)."""
+schema), ``tune`` (run, simulate, resume, status, demo), ``models`` (export, predict, evaluate,
+wise), ``report`` (report, ui, import-petl), ``cluster`` (submit, jobs, mlflow-server)."""
 from __future__ import annotations
 
 import argparse

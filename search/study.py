@@ -203,38 +203,7 @@ class Study(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _spaces_from_files(cls, data: Any, info: ValidationInfo) -> Any:
-        """``spaces.X.files``: the study's own files as X's space (``run_config.study_space``);
-        entries written next to it win. X's method comes from the files when it is no
-        registered method and ``variants`` does not name one."""
-        spaces = data.get("spaces") if isinstance(data, dict) else None
-        if not isinstance(spaces, dict) or not any(isinstance(v, dict) and "files" in v for v in spaces.values()):
-            return data
-        source = Path((info.context or {}).get("source", "study.yaml")).resolve()
-        train = data.get("train") if isinstance(data.get("train"), dict) else {}
-        settings = {**TrainSettings().model_dump(), **train}
-        variants = dict(data.get("variants") or {}) if isinstance(data.get("variants"), dict) else {}
-        spaces = dict(spaces)
-        for name, entry in spaces.items():
-            if not isinstance(entry, dict) or "files" not in entry:
-                continue
-            entry = dict(entry)
-            files = _as_list(entry.pop("files"))
-            where = f"spaces.{name}.files"
-            if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-                raise KeyedError(where, "expected a file or a list of files")
-            try:
-                values, _ = merged_values([source.parent / file for file in files])
-                label = " + ".join(files)  # as written in the study
-                known = name if name in method_names() else variants.get(name)
-                method, found = study_space(values, label, settings, known, data.get("backbone"))
-            except ValueError as err:
-                raise KeyedError(where, str(err)) from None
-            if known is not None and method != known:
-                raise KeyedError(where, f"the files describe '{method}', not '{known}'")
-            if known is None:
-                variants[name] = method
-            spaces[name] = {**{k: {"grid": v} for k, v in found.items()}, **entry}
-        return {**data, "spaces": spaces, **({"variants": variants} if variants else {})}
+        return spaces_from_files(data, Path((info.context or {}).get("source", "study.yaml")).resolve())
 
     @model_validator(mode="after")
     def _resolve_and_check(self, info: ValidationInfo) -> "Study":
@@ -440,9 +409,44 @@ def load_study(path: str | Path, check_data: bool = True) -> Study:
     return validate_study(raw, source.resolve(), check_data)
 
 
+def spaces_from_files(data: Any, source: Path) -> Any:
+    """``spaces.X.files``: the study's own files as X's space (``run_config.study_space``);
+    entries written next to it win. X's method comes from the files when it is no
+    registered method and ``variants`` does not name one."""
+    spaces = data.get("spaces") if isinstance(data, dict) else None
+    if not isinstance(spaces, dict) or not any(isinstance(v, dict) and "files" in v for v in spaces.values()):
+        return data
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    settings = {**TrainSettings().model_dump(), **train}
+    variants = dict(data.get("variants") or {}) if isinstance(data.get("variants"), dict) else {}
+    spaces = dict(spaces)
+    for name, entry in spaces.items():
+        if not isinstance(entry, dict) or "files" not in entry:
+            continue
+        entry = dict(entry)
+        files = _as_list(entry.pop("files"))
+        where = f"spaces.{name}.files"
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            raise KeyedError(where, "expected a file or a list of files")
+        try:
+            values, _ = merged_values([source.parent / file for file in files])
+            label = " + ".join(files)  # as written in the study
+            known = name if name in method_names() else variants.get(name)
+            method, found = study_space(values, label, settings, known, data.get("backbone"))
+        except ValueError as err:
+            raise KeyedError(where, str(err)) from None
+        if known is not None and method != known:
+            raise KeyedError(where, f"the files describe '{method}', not '{known}'")
+        if known is None:
+            variants[name] = method
+        spaces[name] = {**{k: {"grid": v} for k, v in found.items()}, **entry}
+    return {**data, "spaces": spaces, **({"variants": variants} if variants else {})}
+
+
 def portable_mapping(path: str | Path) -> dict[str, Any]:
-    """The study with its includes merged and every path absolute: a file that can be moved
-    (``submit`` ships it to a cluster, where the same paths must exist)."""
+    """The study with its includes merged, the spaces its files name written out and every path
+    absolute: a file that can be moved (``submit`` ships it to a cluster, where the same paths
+    must exist) and that holds the study as it was (a study folder keeps it)."""
     source = Path(path).resolve()
     raw = read_yaml(source)
     raw.setdefault("name", source.stem)
@@ -453,10 +457,7 @@ def portable_mapping(path: str | Path) -> dict[str, Any]:
     for key in ("data_root", "checkpoint", "storage_path"):
         if raw.get(key) is not None:
             raw[key] = absolute(raw[key])
-    spaces = raw.get("spaces")
-    for entry in spaces.values() if isinstance(spaces, dict) else ():
-        if isinstance(entry, dict) and entry.get("files") is not None:
-            entry["files"] = [absolute(f) for f in _as_list(entry["files"])]
+    raw = spaces_from_files(raw, source)  # the files' grids written out: later edits of them change nothing
     datasets = raw.get("datasets")
     for settings in datasets.values() if isinstance(datasets, dict) else ():
         if isinstance(settings, dict) and settings.get("data_path") is not None:

@@ -142,28 +142,53 @@ def final_table(study_dir) -> dict:
             if r["phase"] == "final"}
 
 
+KINDS = ("between trials", "mid-trial", "during a final run", "during MLflow logging")
+
+
+def at_moment(kind: str, study_dir, done_before: int) -> bool:
+    """Whether the study is at a moment of ``kind``, read from its search state."""
+    records = list(read_trials(study_dir).values())
+    running = [r for r in records if r["status"] == "running"]
+    if kind == "between trials":  # the next trial handed out, nothing of it trained yet
+        return bool(running) and all(r["epochs"] == 0 for r in running)
+    if kind == "mid-trial":
+        return any(r["phase"] == "tune" and 1 <= r["epochs"] < EPOCHS for r in running)
+    if kind == "during a final run":
+        return any(r["phase"] == "final" for r in running)
+    # A trial has just ended: the searcher records it first, then the tracker logs it to MLflow.
+    return sum(r["status"] in DONE for r in records) > done_before
+
+
 def test_driver_killed_at_five_drawn_moments_ends_as_an_uninterrupted_study(minivtab, tmp_path):
     study_file = chaos_study(tmp_path / "study.yaml", minivtab)
     log = open(tmp_path / "driver.log", "w+")
     run_to_end(cli("run", str(study_file), "--out", str(tmp_path / "calm"), stdout=log, stderr=log), 600, log)
     expected = final_table(tmp_path / "calm")
-    total = len(read_trials(tmp_path / "calm"))
 
     study_dir = tmp_path / "chaos"
     draw = random.Random(20261203)
-    targets = sorted(draw.sample(range(1, total - 1), 5))  # kill once this many trials have ended ...
-    delays = [draw.uniform(0.0, 1.5) for _ in targets]  # ... plus this long: mid-trial, logging, between
-    command = ["run", str(study_file), "--out", str(study_dir)]
-    for target, delay in zip(targets, delays):
+    # Every kind, in a drawn order; final runs come last (cells are tuned in turn), so does their kill.
+    anytime = [kind for kind in KINDS if kind != "during a final run"]
+    kinds = draw.sample(anytime, len(anytime)) + [draw.choice(anytime), "during a final run"]
+    command, killed_at = ["run", str(study_file), "--out", str(study_dir)], []
+    for kind in kinds:
         driver = cli(*command, stdout=log, stderr=log)
         try:
-            wait_for(lambda: finished_trials(study_dir) >= target or driver.poll() is not None, 600,
-                     f"{target} finished trials")
-            time.sleep(delay)
+            done = finished_trials(study_dir)  # each driver makes progress before its kill
+            wait_for(lambda: finished_trials(study_dir) > done, 600, f"progress before a kill {kind}")
+            done = finished_trials(study_dir)
+            deadline = time.time() + 300
+            while not at_moment(kind, study_dir, done):
+                assert driver.poll() is None, f"the study ended before a kill {kind}: {killed_at}"
+                assert time.time() < deadline, f"no moment {kind}"
+                time.sleep(0.02)
+            assert driver.poll() is None
+            killed_at.append((kind, finished_trials(study_dir)))
         finally:
             kill_group(driver)  # SIGKILL, then whatever it started
         command = ["resume", str(study_dir)]
     run_to_end(cli(*command, stdout=log, stderr=log), 600, log)
+    assert len(killed_at) == 5 and {kind for kind, _ in killed_at} == set(KINDS), killed_at
 
     summary = summarize(study_dir)
     assert summary["cells_done"] == 6 and summary["trials_running"] == 0 and summary["duplicate_trials"] == 0

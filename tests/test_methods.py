@@ -2,6 +2,7 @@
 backbone named by its timm name."""
 import copy
 import functools
+import re
 
 import pytest
 import torch
@@ -230,3 +231,25 @@ def test_methods_that_train_nothing_on_purpose_still_apply():
         assert peft_core.count_inserted(peft_core.apply(_vit_without_blocks(), method)) == 0
     # SSF still finds the patch embedding and the final norm: a scale and a shift on each.
     assert peft_core.count_inserted(peft_core.apply(_vit_without_blocks(), "ssf")) == 4 * 32
+
+
+@pytest.mark.parametrize("method, hp, error", [
+    ("lora", {"lora_bottleneck": "8"}, "lora_bottleneck'='8' is invalid; allowed: int >= 1"),
+    ("lora", {"lora_bottleneck": 8.5}, "lora_bottleneck'=8.5 is invalid"),
+    ("lora", {"lora_bottleneck": True}, "lora_bottleneck'=True is invalid"),
+    ("lora", {"lora_bottleneck": 0}, "lora_bottleneck'=0 is invalid; allowed: int >= 1"),
+    ("attn_tune", {"attention_type": "qk"}, "allowed: one of qkv, proj, full"),
+    ("attn_tune", {"attention_index": []}, "attention_index'=[] is invalid; allowed: list[int]"),
+    ("attn_tune", {"attention_index": [True]}, "attention_index'=[True] is invalid"),
+    ("convpass", {"convpass_xavier_init": 1}, "convpass_xavier_init'=1 is invalid; allowed: bool"),
+])
+def test_a_bad_hyper_parameter_is_one_error_naming_method_key_and_value(method, hp, error):
+    with pytest.raises(ValueError, match=re.escape(f"method '{method}': hyper-parameter '") + ".*" + re.escape(error)):
+        get_method(method).from_hp(**hp)
+
+
+def test_hyper_parameters_take_the_forms_the_studys_files_write():
+    assert get_method("lora").from_hp(lora_bottleneck=8.0).lora_bottleneck == 8  # YAML's 8.0
+    assert get_method("attn_tune").from_hp(attention_index=(1, 2)).attention_index == [1, 2]  # a tuple
+    assert get_method("attn_tune").from_hp(attention_index=5).attention_index == [5]  # one block
+    assert get_method("adaptformer").from_hp(adapter_scaler=1).adapter_scaler == 1.0

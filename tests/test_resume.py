@@ -117,3 +117,37 @@ def test_a_checkpoint_deleted_before_tunes_snapshot_is_brought_back_from_the_nex
     assert (tmp_path / "checkpoint_000002" / "epoch").read_text() == "3"
     with pytest.raises(FileNotFoundError, match="checkpoint_000005 is gone"):
         bring_back(tune.Checkpoint(str(tmp_path / "checkpoint_000005")))
+
+
+def test_a_resumed_study_goes_on_as_it_started_whatever_its_files_became(tmp_path, minivtab):
+    """The source study and the file its space names are edited while the study is down: the
+    resumed study keeps its own grid and epochs (the study folder holds the study as it started)."""
+    (tmp_path / "lr_wd.yml").write_text("lr: [0.001, 0.002]\n")  # the study's own format: a listed grid
+    study_file = tmp_path / "study.yaml"
+    study = {"name": "frozen", "backbone": "tiny_vit_b16_in21k", "data_root": str(minivtab),
+             "datasets": ["digits"], "methods": ["lora"],
+             "train": {"epoch": 2, "warmup_epoch": 0, "pretrained": False},
+             "spaces": {"lora": {"files": "lr_wd.yml", "lora_bottleneck": {"grid": [1, 8]}}},
+             "search": {"sampler": "grid", "num_samples": "grid", "max_concurrent": 1, "asha": None}}
+    study_file.write_text(yaml.safe_dump(study))
+    study_dir, log = tmp_path / "out", open(tmp_path / "driver.log", "w")
+    driver = cli("run", str(study_file), "--out", str(study_dir), stdout=log, stderr=log)
+    deadline = time.time() + 300
+    try:
+        while not any(t["status"] == "completed" for t in read_trials(study_dir).values()):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "no trial finished"
+            time.sleep(0.1)
+    finally:
+        kill_group(driver)
+    (tmp_path / "lr_wd.yml").write_text("lr: [0.5]\n")
+    study["train"]["epoch"] = 3
+    study["spaces"]["lora"]["lora_bottleneck"] = {"grid": [2]}
+    study_file.write_text(yaml.safe_dump(study))
+
+    run_to_end(cli("resume", str(study_dir), stdout=log, stderr=log), 400, log)
+    trials = read_trials(study_dir).values()
+    tuned = sorted((t["params"]["lr"], t["params"]["lora_bottleneck"]) for t in trials if t["phase"] == "tune")
+    assert tuned == [(0.001, 1), (0.001, 8), (0.002, 1), (0.002, 8)]
+    assert {t["epochs"] for t in trials} == {2}
+    assert summarize(study_dir)["cells_done"] == 1

@@ -54,7 +54,7 @@ CASES = [  # (dotted path, new value, the key the message must name, a word it m
     ("include", ["methods/missing.yaml"], "include", "file not found"),
     ("search.asha.grace_period", 5, "search.asha.grace_period", "must be below"),
     ("train.warmup_epoch", 1, "search.asha.grace_period", "above train.warmup_epoch"),
-    ("search.sampler", "grid", "spaces.lora.lr", "grid search needs grid/choice"),
+    ("search.sampler", "grid", "spaces.linear.lr", "grid search needs grid/choice"),
     ("final.seeds", [], "final.seeds", "non-empty list"),
     ("resources.gpu", -1, "resources.gpu", ">= 0"),
     ("mlflow.tracking_uri", "ftp://server", "mlflow.tracking_uri", "unsupported URI"),
@@ -95,7 +95,7 @@ def test_includes_merge_under_the_study(base, tmp_path):
     (tmp_path / "methods" / "lora.yaml").write_text(
         "spaces:\n  lora:\n    lr: {grid: [0.001, 0.01]}\n    lora_bottleneck: {grid: [1, 8, 16, 32]}\n")
     study = mutate(base, "include", ["methods/lora.yaml"])
-    study["spaces"] = {"lora": {"lr": {"grid": [0.5]}}}  # the study's own value wins
+    study["spaces"] = {**study["spaces"], "lora": {"lr": {"grid": [0.5]}}}  # the study's own value wins
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     loaded = load_study(tmp_path / "study.yaml")
     assert loaded.spaces["lora"]["lr"].values == (0.5,)

@@ -11,11 +11,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from peft_core.data.imagenet import SUBSETS as DOMAIN_SETS
+from peft_core.yaml_files import read_yaml
 
+from ..mlflow_layout import PHASE, PHASE_FINAL
 from .export import model_classes
+
 
 @dataclass
 class TrainedRun:
@@ -46,10 +47,10 @@ def from_mlflow(run_id: str, tracking_uri: str, workdir: Path) -> TrainedRun:
         run = client.get_run(run_id)
     except MlflowException as err:
         raise ValueError(f"--run {run_id}: {str(err).splitlines()[0]} ({tracking_uri})") from None
-    if run.data.tags.get("phase") != "final" or run.info.status != "FINISHED":
-        raise ValueError(f"--run {run_id}: not a finished final run (phase={run.data.tags.get('phase')}, "
+    if run.data.tags.get(PHASE) != PHASE_FINAL or run.info.status != "FINISHED":
+        raise ValueError(f"--run {run_id}: not a finished final run (phase={run.data.tags.get(PHASE)}, "
                          f"status={run.info.status}); evaluate the runs that trained on train+val")
-    config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(workdir))).read_text())
+    config = read_yaml(Path(client.download_artifacts(run_id, "config.yaml", str(workdir))))
     adapter = Path(client.download_artifacts(run_id, "adapter.safetensors", str(workdir)))
     return TrainedRun(config, adapter, run_id, tracking_uri)
 

@@ -26,7 +26,8 @@ from ray.tune import Callback
 
 from peft_core.checkpoint import adapter_from_checkpoint
 
-from ..mlflow_layout import STATE, get_experiment_id
+from ..mlflow_layout import (BACKBONE, BASE_METHOD, CELL, DATASET, METHOD, NOTE, PARENT, PHASE, PHASE_CELL, PHASE_FINAL,
+                             STATE, STUDY, TRIAL_ID, get_experiment_id)
 from ..study_folder import (DONE, FAILED, STUDY_COPY, count_outbox, read_cell_trials, read_mlflow_runs, read_trials,
                             trial_finished)
 from ..study import Cell, Study
@@ -103,16 +104,16 @@ class StudyTracker(Callback):
         # Runs a trial may still finish: after a crash, those left running (one query, not one per trial).
         running = self.client.search_runs([self.runs["experiment_id"]], "attributes.status = 'RUNNING'",
                                           max_results=50000)
-        self.open_trials = {run.data.tags["trial_id"] for run in running
-                            if self.runs["trials"].get(run.data.tags.get("trial_id")) == run.info.run_id}
+        self.open_trials = {run.data.tags[TRIAL_ID] for run in running
+                            if self.runs["trials"].get(run.data.tags.get(TRIAL_ID)) == run.info.run_id}
         self._settle_runs_left_open(running)
         for cell in self.study.cells():
             if cell.id in self.runs["cells"]:
                 continue
             run = self.client.create_run(self.runs["experiment_id"], run_name=cell.id, tags={
-                "study": self.study.name, "dataset": cell.dataset, "method": cell.method,
-                "base_method": self.study.base_method(cell.method), "backbone": self.study.backbone,
-                "phase": "cell", "cell": cell.id})
+                STUDY: self.study.name, DATASET: cell.dataset, METHOD: cell.method,
+                BASE_METHOD: self.study.base_method(cell.method), BACKBONE: self.study.backbone,
+                PHASE: PHASE_CELL, CELL: cell.id})
             self._remember("cell", cell.id, run.info.run_id)
 
     # -- sending, or keeping what the server cannot take -----------------------------------
@@ -184,7 +185,7 @@ class StudyTracker(Callback):
         Tune restores the searcher before it sets callbacks up, so the search state is final."""
         records = read_trials(self.study_dir)
         for run in running:
-            trial_id, run_id = run.data.tags.get("trial_id"), run.info.run_id
+            trial_id, run_id = run.data.tags.get(TRIAL_ID), run.info.run_id
             if trial_id is None:
                 continue  # a cell's run
             record = records.get(trial_id)
@@ -259,7 +260,7 @@ class StudyTracker(Callback):
                          "train_examples": result.get("train_examples"),
                          "trial_seconds": result.get("trial_seconds")}
         now = int(time.time() * 1000)
-        tags = {"state": state, **{key: str(result[key])[:5000] for key in ("note", TRIAL_ERROR) if result.get(key)}}
+        tags = {STATE: state, **{key: str(result[key])[:5000] for key in (NOTE, TRIAL_ERROR) if result.get(key)}}
         self.send({"do": "log", "trial_id": trial_id, "tags": tags,
                    "metrics": [[k, float(v), now, epochs] for k, v in final_metrics.items() if v is not None]})
         if result.get("traceback"):
@@ -283,10 +284,9 @@ class StudyTracker(Callback):
         run_id, artifact_uri = self.runs["trials"].get(trial_id), None
         if run_id is None:  # (a retried write may have created it already)
             parsed = Cell.parse(cell)
-            tags = {"mlflow.parentRunId": self.runs["cells"][cell], "study": self.study.name, "cell": cell,
-                    "dataset": parsed.dataset, "method": parsed.method, "backbone": self.study.backbone,
-                    "base_method": self.study.base_method(parsed.method),
-                    "phase": phase, "trial_id": trial_id}
+            tags = {PARENT: self.runs["cells"][cell], STUDY: self.study.name, CELL: cell,
+                    DATASET: parsed.dataset, METHOD: parsed.method, BACKBONE: self.study.backbone,
+                    BASE_METHOD: self.study.base_method(parsed.method), PHASE: phase, TRIAL_ID: trial_id}
             run = self.client.create_run(self.runs["experiment_id"], run_name=f"{cell} {trial_id}", tags=tags)
             run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
             self._remember("trial", trial_id, run_id)
@@ -323,7 +323,7 @@ class StudyTracker(Callback):
         score over seeds, the selected tuning trial's metrics and parameters (so the runs table
         lines the cell up with its trials), its trials as a CSV and its search as a PNG."""
         finals = self.client.search_runs(
-            [runs["experiment_id"]], filter_string=f"tags.cell = '{cell}' and tags.phase = 'final'")
+            [runs["experiment_id"]], filter_string=f"tags.{CELL} = '{cell}' and tags.{PHASE} = '{PHASE_FINAL}'")
         done = [r for r in finals if r.info.status == "FINISHED"]
         if len(done) < len(self.study.final.seeds):
             return
