@@ -115,3 +115,14 @@ def test_many_shot_recipes_transform_each_phase_as_the_study(recipe, augmented_p
             assert torch.equal(views[0], expected)
         steps = [type(t).__name__ for t in train.transforms]
         assert ("RandomVerticalFlip" in steps) == (vertical_flip and phase in augmented_phases)
+
+
+def test_a_datasets_class_names_come_from_its_classnames_file_or_its_class_folders(tmp_path):
+    from peft_core.data.loaders import DataSpec, class_names
+    from peft_core.data.minivtab import build_task
+    build_task("digits_rot", tmp_path)
+    assert class_names(DataSpec("digits_rot", tmp_path)) == ["0-deg", "90-deg", "180-deg", "270-deg"]
+    for name in ("cat", "ant"):
+        (tmp_path / "pets" / "train" / name).mkdir(parents=True)
+    assert class_names(DataSpec("pets", tmp_path / "pets", "imagefolder")) == ["ant", "cat"]
+    assert class_names(DataSpec("pets", tmp_path / "pets", "lists")) is None

@@ -235,6 +235,8 @@ def test_each_cells_run_summarises_its_selected_trial_with_a_table_and_a_plot(fi
         assert {r["status"] for r in rows} <= {"completed", "pruned", "failed", "early_stopped"}
         png = client.download_artifacts(parent.info.run_id, "search.png", str(folder))
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        frozen = client.download_artifacts(parent.info.run_id, "study.yaml", str(folder))
+        assert open(frozen).read() == (study_dir / "study.yaml").read_text()  # the study as it started
 
 
 def test_the_experiment_describes_the_study_it_holds(finished):

@@ -15,6 +15,7 @@ from .lists import ListDataset, read_list
 SPLITS = {"tune": ("train800.txt", "val200.txt"), "final": ("train800val200.txt", "test.txt")}
 FORMATS = ("vtab", "imagefolder", "lists", "cifar100")
 TRANSFORMS = ("resize", "randaugment", "cifar100", "resisc45")
+CLASS_NAMES = "classnames.txt"  # a dataset's class names, one per line in label order (optional)
 
 
 @dataclass
@@ -140,6 +141,17 @@ def _image_folder(folders: list[Path], transform) -> datasets.ImageFolder:
         first.targets += other.targets
     first.imgs = first.samples
     return first
+
+
+def class_names(spec: DataSpec) -> list[str] | None:
+    """The dataset's class names in label order, where it has them: a ``classnames.txt`` in its
+    folder (any format), else an ImageFolder's class folders (sorted, as torchvision labels them)."""
+    folder = Path(spec.root) / spec.task if spec.format == "vtab" else Path(spec.root)
+    if (folder / CLASS_NAMES).is_file():
+        return [line.strip() for line in (folder / CLASS_NAMES).read_text().splitlines() if line.strip()]
+    if spec.format == "imagefolder" and (folder / "train").is_dir():
+        return sorted(d.name for d in (folder / "train").iterdir() if d.is_dir())
+    return None
 
 
 def _check_class_count(spec: DataSpec, found: int, where: Path) -> None:

@@ -2,7 +2,7 @@
 
 Each task folder holds PNG images and the four list files of VTAB-1K (``train800.txt``,
 ``val200.txt``, ``train800val200.txt``, ``test.txt``), so it goes through the same code path
-as real VTAB. Tasks (one per VTAB group):
+as real VTAB, and ``classnames.txt`` (its classes' names, in label order). Tasks (one per VTAB group):
 
 - ``digits`` (natural): scikit-learn's 8x8 handwritten digits, 10 classes.
 - ``fashion_unseen`` (specialized / shift): the five Fashion-MNIST classes the shipped backbone
@@ -20,13 +20,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import builtin
+from . import builtin, loaders
 
 PRETRAIN_CLASSES = [0, 1, 2, 3, 4]  # Fashion-MNIST classes the shipped backbone was trained on
 UNSEEN_CLASSES = [5, 6, 7, 8, 9]
 TASKS = {"digits": "natural", "fashion_unseen": "specialized", "digits_rot": "structured",
          "fashion_loc": "structured"}
 MAX_TEST = 1000
+CLASS_NAMES = {  # written next to each task's lists (classnames.txt): what `predict` prints
+    "digits": [str(d) for d in range(10)],
+    "digits_rot": [f"{90 * k}-deg" for k in range(4)],  # counter-clockwise turns
+    "fashion_unseen": [builtin.FASHION_CLASSES[c] for c in UNSEEN_CLASSES],
+    "fashion_loc": ["top-left", "top", "top-right", "left", "centre", "right", "bottom-left", "bottom",
+                    "bottom-right"],
+}
 
 
 def write_vtab_layout(folder: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0,
@@ -95,6 +102,7 @@ def build_task(task: str, out_dir: Path, seed: int = 0) -> Path:
         write_vtab_layout(folder, canvas, cells, seed=seed)
     else:
         raise ValueError(f"unknown mini-VTAB task '{task}'; allowed: {', '.join(TASKS)}")
+    (folder / loaders.CLASS_NAMES).write_text("\n".join(CLASS_NAMES[task]) + "\n")
     return folder
 
 

@@ -2,7 +2,8 @@
 
 The model is the export's own run config (backbone, method, hyper-parameters) with its adapter
 loaded, in eval mode, with the run's evaluation transform. Class names come from the run's
-``class_names`` (CLIP) or an ImageFolder's class folders; otherwise classes are numbers.
+``class_names`` (CLIP) or from its dataset (``classnames.txt``, an ImageFolder's class folders);
+otherwise classes are numbers.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from peft_core.clip import read_class_names
+from peft_core.data.loaders import DataSpec
+from peft_core.data.loaders import class_names as dataset_class_names
 from peft_core.run_config import load_train_config
 from peft_core.train import TrainConfig, transforms_for
 
@@ -31,13 +34,8 @@ def load_export(folder: Path) -> tuple[TrainConfig, torch.nn.Module]:
 def class_names(config: TrainConfig, count: int) -> list[str]:
     if config.class_names is not None:
         return read_class_names(config.class_names)[:count]
-    if config.data_format == "imagefolder":  # torchvision's ImageFolder: sorted class folders
-        train = Path(config.data_path) / config.data / "train"
-        if train.is_dir():
-            names = sorted(d.name for d in train.iterdir() if d.is_dir())
-            if len(names) == count:
-                return names
-    return [str(i) for i in range(count)]
+    names = dataset_class_names(DataSpec(config.data, Path(config.data_path), config.data_format))
+    return names if names is not None and len(names) == count else [str(i) for i in range(count)]
 
 
 def predict(folder: Path, images: list[Path], k: int = 5) -> list[tuple[Path, list[tuple[str, float]]]]:

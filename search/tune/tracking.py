@@ -321,7 +321,8 @@ class StudyTracker(Callback):
     def _maybe_close_cell(self, cell: str, runs: dict) -> None:
         """When every final run of a cell is in, summarise it on the cell's parent run: the test
         score over seeds, the selected tuning trial's metrics and parameters (so the runs table
-        lines the cell up with its trials), its trials as a CSV and its search as a PNG."""
+        lines the cell up with its trials), its trials as a CSV, its search as a PNG and the study
+        as it started (the YAML the folder keeps), a click away in the UI."""
         finals = self.client.search_runs(
             [runs["experiment_id"]], filter_string=f"tags.{CELL} = '{cell}' and tags.{PHASE} = '{PHASE_FINAL}'")
         done = [r for r in finals if r.info.status == "FINISHED"]
@@ -346,4 +347,5 @@ class StudyTracker(Callback):
             self.client.log_artifact(parent, str(draw_search(
                 records, self.study.search.metric, selected["trial_id"] if selected else None,
                 f"{cell}: {self.study.search.metric} per tuning trial", Path(tmp) / "search.png")))
+        self.client.log_artifact(parent, str(self.study_dir / STUDY_COPY))
         self.client.set_terminated(parent, "FINISHED")
