@@ -9,10 +9,13 @@ Hugging Face cache: nothing is downloaded at run time.
 from __future__ import annotations
 
 import functools
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy
 import timm
 import timm.models.vision_transformer as vit_module
 import torch
@@ -159,25 +162,74 @@ def _does_not_fit(path: Path, name: str, err: Exception) -> ValueError:
 
 
 _LOAD_ERRORS = (RuntimeError, KeyError, ValueError, OSError, SafetensorError)
+_TORCH_READ_ERRORS = (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError)
 
 
 def check_checkpoint(name: str, path: str | Path, header: bool = True) -> None:
-    """Fail before any training when a weights file is missing, of an unknown format, or (a
-    safetensors file, with ``header``) does not fit backbone ``name``: its header's tensor names
-    and shapes go through the same conversion and strict load as ``load_checkpoint``, into the
-    backbone built on the meta device, so no tensor is read and no memory is used."""
+    """Fail before any training when a weights file is missing, of an unknown format, or (with
+    ``header``) does not fit backbone ``name``. A safetensors file's header, or a torch file
+    memory-mapped (its tensors are not read), gives tensor names and shapes; they go through the
+    same conversion and strict load as ``load_checkpoint``, into the backbone built on the meta
+    device, so no memory is used. An ``.npz`` (converted by timm from its arrays) must open as one."""
     path = Path(path)
     _check_file(path)
-    if not header or path.suffix != ".safetensors":
-        return  # other formats can only be checked by reading them whole
+    if not header:
+        return
+    if path.suffix == ".npz":
+        _check_npz(path)
+        return
     try:
-        with safe_open(str(path), "pt") as f:
-            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+        shapes = _tensor_shapes(path)
         with torch.device("meta"):
             model = build_backbone(name, num_classes=2)
             load_state(model, {key: torch.empty(shape) for key, shape in shapes.items()})
     except _LOAD_ERRORS as err:
         raise _does_not_fit(path, name, err) from None
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    state = _mapped_torch_file(path)
+    return {key: tuple(t.shape) for key, t in _unwrapped(state).items() if isinstance(t, torch.Tensor)}
+
+
+def _mapped_torch_file(path: Path) -> Any:
+    """A torch.save file, memory-mapped (its tensors are not read); torch's legacy format, which
+    cannot be mapped, is read whole. Unreadable: one line saying so."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except _TORCH_READ_ERRORS as err:
+        problem = err
+        if "mmap" in str(err):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except _TORCH_READ_ERRORS as legacy:
+                problem = legacy
+    detail = str(problem).strip().splitlines()[0] if str(problem).strip() else ""
+    raise ValueError(f"not a readable torch.save file ({type(problem).__name__}{': ' + detail if detail else ''})")
+
+
+def _check_npz(path: Path) -> None:
+    try:
+        arrays = numpy.load(path, allow_pickle=False)
+        if not isinstance(arrays, numpy.lib.npyio.NpzFile):
+            raise ValueError("one array, not an archive of named arrays")
+        with arrays:
+            if not arrays.files:
+                raise ValueError("no arrays in it")
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        detail = "not a zip archive" if "pickled" in str(err) else str(err).splitlines()[0]
+        raise ValueError(f"checkpoint {path} is not a readable .npz archive: {detail}") from None
+
+
+def _unwrapped(state: Any) -> Any:
+    """Training scripts save ``{"state_dict": ...}`` or ``{"model": ...}`` around the weights."""
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
 
 
 def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> None:
@@ -190,10 +242,7 @@ def load_checkpoint(model: VisionTransformer, path: Path, name: str = "") -> Non
         if path.suffix == ".safetensors":
             state = load_safetensors(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            for key in ("state_dict", "model"):
-                if isinstance(state, dict) and isinstance(state.get(key), dict):
-                    state = state[key]
+            state = _unwrapped(torch.load(path, map_location="cpu", weights_only=True))
         load_state(model, state)
     except _LOAD_ERRORS as err:
         raise _does_not_fit(path, name, err) from None

@@ -63,3 +63,17 @@ def test_missing_or_mismatched_checkpoint_is_one_line(tmp_path):
     with pytest.raises(ValueError) as info:
         peft_core.build_backbone("tiny_clip", 3, checkpoint=path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_torch_checkpoint_is_checked_against_the_backbone_without_reading_its_tensors(tmp_path):
+    from peft_core.backbones import check_checkpoint
+    model = peft_core.build_backbone("tiny_vit_b16_in21k", 3)
+    torch.save({"model": model.state_dict()}, tmp_path / "wrapped.pth")  # mapped, then unwrapped
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("wrapped.pth", "legacy.pt"):
+        check_checkpoint("tiny_vit_b16_in21k", tmp_path / name)
+    with pytest.raises(ValueError, match="wrapped.pth does not fit backbone 'tiny_clip'"):
+        check_checkpoint("tiny_clip", tmp_path / "wrapped.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "wrapped.pth").read_bytes()[:4096])
+    with pytest.raises(ValueError, match="cut.pth does not fit .*not a readable torch.save file"):
+        check_checkpoint("tiny_vit_b16_in21k", tmp_path / "cut.pth")
