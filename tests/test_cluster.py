@@ -217,3 +217,23 @@ def test_submit_resume_continues_a_stopped_study_on_the_cluster(cluster, tmp_pat
         assert after[trial_id]["value"] == record["value"] and after[trial_id]["epochs"] == record["epochs"]
     refused = _cli(env, "submit", "--resume", str(tmp_path), "--address", address)
     assert refused.returncode == 2 and "not a study folder" in refused.stderr
+
+
+def test_the_environment_check_names_a_python_a_version_and_an_import_that_do_not_fit(tmp_path):
+    """The check job's script, run here: the python it runs on, a requirement at a version that
+    does not fit, and one installed but failing to import (a distribution made for the test)."""
+    import json
+    from search.cluster.jobs import _CHECK_SCRIPT
+    site = tmp_path / "site"
+    (site / "brokenpkg-1.0.dist-info").mkdir(parents=True)
+    (site / "brokenpkg-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenpkg\nVersion: 1.0\n")
+    (site / "brokenpkg-1.0.dist-info" / "top_level.txt").write_text("brokenpkg\n")
+    (site / "brokenpkg.py").write_text("raise ImportError('half installed')\n")
+    needed = {"requirements": ["numpy<1", "pyyaml", "brokenpkg>=1"], "python": ">=3.99"}
+    done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT, json.dumps(needed)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(site)})
+    line = next(x for x in done.stdout.splitlines() if x.startswith("PEFT_SEARCH_CHECK "))
+    wrong = json.loads(line.split(" ", 1)[1])["wrong"]
+    assert wrong[0].startswith("python 3.") and wrong[0].endswith("(needs >=3.99)")
+    assert any(w.startswith("numpy ") and w.endswith("(needs <1)") for w in wrong)
+    assert "brokenpkg 1.0 (import brokenpkg fails: ImportError)" in wrong and len(wrong) == 3, wrong

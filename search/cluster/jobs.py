@@ -33,6 +33,11 @@ def project_requirements() -> list[str]:
     return [r for r in requires if "extra ==" not in r]
 
 
+def project_python() -> str:
+    """The Python versions the installed project declares (``requires-python``)."""
+    return importlib.metadata.metadata("peft-search").get("Requires-Python") or ""
+
+
 def read_requirements(path: Path) -> list[str]:
     if not path.is_file():
         raise ValueError(f"--requirements: file not found: {path}")
@@ -133,17 +138,29 @@ def check_resumable(study_dir: Path) -> Path:
     return study_dir
 
 
-# Run by the job environment's own python before a study is uploaded: which of the project's
-# requirements it lacks or has at a version that does not fit. The standard library only (and
-# packaging where pip brought it), so it answers even in an environment that lacks everything.
+# Run by the job environment's own python before a study is uploaded: whether that python fits
+# the project's, and which requirements it lacks, has at a version that does not fit, or cannot
+# import. The standard library only (and packaging where pip brought it), so it answers even in
+# an environment that lacks everything.
 _CHECK_SCRIPT = """
-import importlib.metadata as md, json, re, sys
+import importlib, importlib.metadata as md, json, re, sys
 try:
     from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
 except ImportError:
-    Requirement = None
+    Requirement = SpecifierSet = None
+needed, python = json.loads(sys.argv[1]), sys.version.split()[0]
 wrong = []
-for req in json.loads(sys.argv[1]):
+floor = re.fullmatch(r">=\\s*(\\d+)\\.(\\d+)", needed["python"].strip())
+if (python not in SpecifierSet(needed["python"]) if SpecifierSet is not None else
+        bool(floor) and sys.version_info[:2] < (int(floor[1]), int(floor[2]))):
+    wrong.append(f"python {python} (needs {needed['python']})")
+normal = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+modules = {}
+for module, dists in md.packages_distributions().items():
+    for dist in dists:
+        modules.setdefault(normal(dist), []).append(module)
+for req in needed["requirements"]:
     name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
     try:
         version = md.version(name)
@@ -152,7 +169,15 @@ for req in json.loads(sys.argv[1]):
         continue
     if Requirement is not None and not Requirement(req).specifier.contains(version, prereleases=True):
         wrong.append(f"{name} {version} (needs {Requirement(req).specifier})")
-print("PEFT_SEARCH_CHECK " + json.dumps({"python": sys.version.split()[0], "wrong": wrong}))
+        continue
+    tops = sorted(m for m in modules.get(normal(name), []) if not m.startswith("_"))
+    top = next((m for m in tops if normal(m) == normal(name)), tops[0] if tops else None)
+    try:
+        if top is not None:
+            importlib.import_module(top)
+    except Exception as err:
+        wrong.append(f"{name} {version} (import {top} fails: {type(err).__name__})")
+print("PEFT_SEARCH_CHECK " + json.dumps({"python": python, "wrong": wrong}))
 """
 CHECK_TIMEOUT_S = 900  # a check with pip requirements installs them first (Ray caches that for the job)
 
@@ -162,7 +187,7 @@ def check_job_environment(jobs, requirements: list[str]) -> None:
     code uploaded; one line naming what is missing, and how to fix it, when the study could not run."""
     import json
     import shlex
-    needed = project_requirements()
+    needed = {"requirements": project_requirements(), "python": project_python()}
     env: dict = {"env_vars": dict(JOB_ENV)}
     if requirements:
         env["pip"] = {"packages": requirements, "pip_check": False}
