@@ -208,11 +208,13 @@ def test_submit_resume_continues_a_stopped_study_on_the_cluster(cluster, tmp_pat
     wait_for(lambda: json.loads(_cli(env, "jobs", "status", resume_id, "--address", address, "--json").stdout)
              ["status"] in ("STOPPED", "FAILED", "SUCCEEDED"), 400, "the resumed job to end", cluster.head.log)
     logs = _cli(env, "jobs", "logs", resume_id, "--address", address).stdout
-    assert "resume" in json.loads(_cli(env, "jobs", "status", resume_id, "--address", address, "--json").stdout)["entrypoint"]
+    status = json.loads(_cli(env, "jobs", "status", resume_id, "--address", address, "--json").stdout)
+    assert "resume" in status["entrypoint"] and status["status"] == "SUCCEEDED", logs[-3000:]
     summary = summarize(study_dir)
     assert summary["cells_done"] == 2 and summary["trials_running"] == 0, logs[-3000:]
     after = read_trials(study_dir)
     assert len(after) == 2 * 3 + 2 and summary["duplicate_trials"] == 0
+    assert sorted(r["status"] for r in after.values() if r["phase"] == "final") == ["completed"] * 2
     for trial_id, record in before.items():  # finished before the stop: not run again
         assert after[trial_id]["value"] == record["value"] and after[trial_id]["epochs"] == record["epochs"]
     refused = _cli(env, "submit", "--resume", str(tmp_path), "--address", address)
