@@ -232,7 +232,8 @@ class Study(StrictModel):
             settings.data_path = absolute(path)
         self._check_names()
         self._check_spaces()
-        self._check_budget()
+        if context.get("starting", True):  # a study folder read back keeps the budget it started with
+            self._check_budget()
         self._check_asha()
         if context.get("check_data", True):
             self._check_files()
@@ -391,22 +392,23 @@ class Study(StrictModel):
         return TrainConfig(**values).to_dict()
 
 
-def validate_study(raw: dict[str, Any], source: Path, check_data: bool = True) -> Study:
-    """The typed study of an already-read mapping; StudyError ``FILE: dotted.key: message``."""
+def validate_study(raw: dict[str, Any], source: Path, check_data: bool = True, starting: bool = True) -> Study:
+    """The typed study of an already-read mapping; StudyError ``FILE: dotted.key: message``.
+    ``starting``: a study about to start, held to the start line's budget rules too."""
     try:
-        return Study.model_validate(raw, context={"source": source, "check_data": check_data})
+        return Study.model_validate(raw, context={"source": source, "check_data": check_data, "starting": starting})
     except ValidationError as err:
         raise StudyError(f"{source}: {one_line(err, Study)}") from None
 
 
-def load_study(path: str | Path, check_data: bool = True) -> Study:
+def load_study(path: str | Path, check_data: bool = True, starting: bool = True) -> Study:
     """Read (includes merged) and validate a study file; raises StudyError (one line)."""
     source = Path(path)
     try:
         raw = read_yaml(source)
     except ValueError as err:
         raise StudyError(str(err)) from None
-    return validate_study(raw, source.resolve(), check_data)
+    return validate_study(raw, source.resolve(), check_data, starting)
 
 
 def spaces_from_files(data: Any, source: Path) -> Any:

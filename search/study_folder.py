@@ -194,7 +194,8 @@ def load_study_dir(study_dir: Path, check_data: bool = False):
     missing = [name for name in (STUDY_COPY, TRACKING_URI) if not (study_dir / name).is_file()]
     if missing:  # the two files it reads, written before any trial starts
         raise StudyError(f"{study_dir}: not a study folder (no {' or '.join(missing)})")
-    study = load_study(study_dir / STUDY_COPY, check_data)  # as it started: never the (editable) source
+    # As it started: never the (editable) source, and under the rules it started under.
+    study = load_study(study_dir / STUDY_COPY, check_data, starting=False)
     return study, (study_dir / TRACKING_URI).read_text().strip()
 
 
