@@ -258,9 +258,14 @@ class Study(StrictModel):
         """The registered method a cell's method (a method or a variant) runs."""
         return self.variants.get(name, name)
 
+    def walks_grid(self, method: str) -> bool:
+        """Whether a method's cells walk their grid point by point: every method under the grid
+        sampler, and each method whose own ``num_samples`` is ``grid`` (study-wide or by method)."""
+        return self.search.sampler == "grid" or self.num_samples(method)[0] == "grid"
+
     def _check_spaces(self) -> None:
         for method, space in self.spaces.items():
-            grid = self.search.sampler == "grid" or self.num_samples(method)[0] == "grid"
+            grid = self.walks_grid(method)
             cls = get_method(self.base_method(method))
             hp_keys = set(cls.__dataclass_fields__) | set(cls.aliases)
             for key, dim in space.items():
@@ -298,12 +303,10 @@ class Study(StrictModel):
 
     def _check_budget(self) -> None:
         """``num_samples`` above a finite space's size would spend trials repeating its points."""
-        if self.search.sampler == "grid":
-            return
         for method in self.methods:
             samples, key = self.num_samples(method)
             space = self.space(method)
-            if samples == "grid" or not all(dim.categorical for dim in space.values()):
+            if self.walks_grid(method) or not all(dim.categorical for dim in space.values()):
                 continue
             size = math.prod(len(dim.values) for dim in space.values())  # 1: nothing to search
             if samples > size:
@@ -362,10 +365,9 @@ class Study(StrictModel):
 
     def budget(self, cell: Cell) -> int:
         """Tuning trials of a cell: the size of its grid, or its method's ``num_samples``."""
-        samples = self.num_samples(cell.method)[0]
-        if samples == "grid" or self.search.sampler == "grid":
+        if self.walks_grid(cell.method):
             return max(1, len(grid_points(self.space(cell.method))))
-        return int(samples)
+        return int(self.num_samples(cell.method)[0])
 
     def milestones(self) -> list[int]:
         """ASHA rung epochs (the trial evaluates at each)."""

@@ -40,6 +40,11 @@ class DataSpec:
     def task(self) -> str:
         return self.name.split("-", 1)[1] if self.name.startswith("processed_vtab-") else self.name
 
+    @property
+    def folder(self) -> Path:
+        """The dataset's own folder: its task's under a VTAB root, else the root itself."""
+        return Path(self.root) / self.task if self.format == "vtab" else Path(self.root)
+
 
 def image_transform(img_size: int, mean, std, normalize: bool) -> transforms.Compose:
     """The study's evaluation-style transform: bicubic resize, to tensor, optional normalise."""
@@ -111,7 +116,7 @@ def _list_files(spec: DataSpec, phase: str) -> tuple[Path, list[Path], Path]:
     """(image root, train lists, evaluation list) of the list-file formats (vtab, lists): final
     runs train on train + val, as VTAB-1K's train800val200 does."""
     if spec.format == "vtab":
-        folder = Path(spec.root) / spec.task
+        folder = spec.folder
         if not folder.is_dir():
             raise ValueError(f"task folder not found: {folder}")
         train_name, eval_name = SPLITS[phase]
@@ -146,7 +151,7 @@ def _image_folder(folders: list[Path], transform) -> datasets.ImageFolder:
 def class_names(spec: DataSpec) -> list[str] | None:
     """The dataset's class names in label order, where it has them: a ``classnames.txt`` in its
     folder (any format), else an ImageFolder's class folders (sorted, as torchvision labels them)."""
-    folder = Path(spec.root) / spec.task if spec.format == "vtab" else Path(spec.root)
+    folder = spec.folder
     if (folder / CLASS_NAMES).is_file():
         return [line.strip() for line in (folder / CLASS_NAMES).read_text().splitlines() if line.strip()]
     if spec.format == "imagefolder" and (folder / "train").is_dir():
@@ -206,7 +211,7 @@ def build_datasets(spec: DataSpec, phase: str, transform,
         if isinstance(dataset, ListDataset):
             dataset.check_files()
     found = max(_num_classes(train), _num_classes(evaluation))
-    _check_class_count(spec, found, root / spec.task if spec.format == "vtab" else root)
+    _check_class_count(spec, found, spec.folder)
     return train, evaluation, spec.num_classes or found
 
 

@@ -90,10 +90,7 @@ class StudySearcher(Searcher):
     def _load(self) -> None:
         """Records and cell books from the search state (empty for a new study)."""
         self._position = {cell.id: i for i, cell in enumerate(self.cells)}
-        # Methods that walk their grid, point by point: every method under the grid sampler, and
-        # each method whose own num_samples is "grid" (study-wide or by method).
-        self._grids = {m: grid_points(self.study.space(m)) for m in self.study.methods
-                       if self.study.search.sampler == "grid" or self.study.num_samples(m)[0] == "grid"}
+        self._grids = {m: grid_points(self.study.space(m)) for m in self.study.methods if self.study.walks_grid(m)}
         self.books = {cell.id: CellBook(cell.id, self.study.budget(cell), len(self.study.final.seeds),
                                         self._grids.get(cell.method)) for cell in self.cells}
         for cell_id, summary in read_cells(self.study_dir).items():
