@@ -154,6 +154,9 @@ def side(name: str, tasks: int) -> dict:
         per_trial = lambda part: (part[-1] - part[0]) / (len(part) - 1)  # noqa: E731
         return {**result, "side": name, "trials": len(ends), "window": window,
                 "s_per_trial_first": per_trial(ends[:window]), "s_per_trial_last": per_trial(ends[-window:]),
+                # the shape between them: s/trial in each whole window, in order
+                "s_per_trial_by_window": [round(per_trial(ends[i:i + window]), 4)
+                                          for i in range(0, len(ends) - window + 1, window)],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "folder_mb": size_mb(work)}
     finally:

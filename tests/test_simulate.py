@@ -85,6 +85,9 @@ def test_simulate_killed_and_resumed_reports_the_released_scores(fast_dir, tmp_p
            if len(found) != 1 or found[0].info.status != "FINISHED"}
     assert not odd, {t: (statuses, after[t]["status"]) for t, statuses in odd.items()}
     assert all(by_trial[t][0].info.run_id == runs_before[t] for t in finished_before)
+    cells = client.search_runs([experiment], "tags.phase = 'cell'", max_results=1000)
+    assert len(cells) == 48 and {r.info.status for r in cells} == {"FINISHED"}  # every cell closed
+    assert all("selected_trial" in r.data.tags and "lr" in r.data.params for r in cells)
 
     out = tmp_path / "report"
     assert main(["report", str(study_dir), "--out", str(out)]) == 0

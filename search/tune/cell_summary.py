@@ -34,7 +34,9 @@ def draw_search(records: list[dict], metric: str, best_trial: str | None, title:
     tuning = [r for r in records if r["phase"] == "tune"]
     figure = Figure(figsize=(7, 3.5), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    # Fixed margins, not tight_layout (which draws the figure once more to measure it): a
+    # study's cells end together near its end, where each one's plot would hold the driver up.
+    axes = figure.add_axes((0.09, 0.14, 0.89, 0.77))
     for status, color in COLORS.items():
         shown = [(i, r["value"]) for i, r in enumerate(tuning, start=1) if r["status"] == status and r["value"] is not None]
         if shown:
@@ -44,6 +46,5 @@ def draw_search(records: list[dict], metric: str, best_trial: str | None, title:
         axes.scatter(*zip(*best), s=90, facecolors="none", edgecolors="black", label="selected")
     axes.set(xlabel="tuning trial (order started)", ylabel=metric, title=title)
     axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
     figure.savefig(path)
     return path

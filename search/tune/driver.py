@@ -13,16 +13,17 @@ from ..mlflow_layout import check_tracking_server, default_tracking_uri
 from ..study import Study, StudyError, load_study, portable_mapping
 from ..study_folder import (SEARCH_STATE, SOURCE, STUDY_COPY, TRACKING_URI, TUNE_EXPERIMENT, check_writable,
                             load_study_dir, read_cells, trial_folder_name, tune_dir)
-from .controller import constant_time_is_finished
+from .controller import controller_at_study_scale
 from .replay import ASHA_NOTE, Replay, replay_trial
 from .scheduler import CellASHA
 from .searcher import StudySearcher
 from .status import totals
 from .tracking import OUTAGE_STOP, StudyTracker
 
-# Tune's experiment snapshot writes every trial, so its period stays Ray's "auto" (>= 10 s, under
-# 5 % of the driver's time); it is also taken at every trial checkpoint (num_to_keep=1). Our own
-# search state is written per event, and restore() forgets trials the snapshot never saw.
+# Tune's experiment snapshot keeps Ray's "auto" period (>= 10 s, under 5 % of the driver's time)
+# and is also taken at every trial checkpoint (num_to_keep=1); it holds the trials not yet ended
+# (controller.py). Our own search state is written per event, and restore() forgets running
+# trials the snapshot never saw.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Final runs report test metrics, not the tuning metric.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -148,7 +149,7 @@ def _fit(tuner, study_dir: Path) -> None:
     then one line saying so, exit 1, and the study resumes later."""
     stop = study_dir / OUTAGE_STOP
     stop.unlink(missing_ok=True)
-    with constant_time_is_finished():
+    with controller_at_study_scale():
         tuner.fit()
     if stop.is_file():
         message = stop.read_text()

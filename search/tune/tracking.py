@@ -43,6 +43,14 @@ EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
                  "test_top1", "test_top5", "lr", "selected_epoch")
 
 
+def run_params(cell: str, train: dict, params: dict) -> dict[str, str]:
+    """A trial run's parameters: every training setting and hyper-parameter, not only the
+    searched ones, so MLflow's compare view and parallel-coordinates plot line a cell's trials
+    up on all of them."""
+    settings = {k: v for k, v in train.items() if k != "hp"}
+    return {k: str(v) for k, v in {**settings, **train["hp"], "method": Cell.parse(cell).method, **params}.items()}
+
+
 class StudyTracker(Callback):
     def __init__(self, study: Study, study_dir: Path, tracking_uri: str) -> None:
         self.study, self.study_dir, self.uri = study, Path(study_dir), tracking_uri
@@ -107,6 +115,9 @@ class StudyTracker(Callback):
         self.open_trials = {run.data.tags[TRIAL_ID] for run in running
                             if self.runs["trials"].get(run.data.tags.get(TRIAL_ID)) == run.info.run_id}
         self._settle_runs_left_open(running)
+        for run in running:  # a cell whose last final run ended just before the crash
+            if run.data.tags.get(PHASE) == PHASE_CELL and self.runs["cells"].get(run.data.tags.get(CELL)) == run.info.run_id:
+                self._maybe_close_cell(run.data.tags[CELL], self.runs)
         for cell in self.study.cells():
             if cell.id in self.runs["cells"]:
                 continue
@@ -227,13 +238,9 @@ class StudyTracker(Callback):
                 self.send({"do": "reopen", "trial_id": trial.trial_id})
             return
         config = trial.config
-        # Every training setting and hyper-parameter, not only the searched ones, so MLflow's
-        # compare view and parallel-coordinates plot line a cell's trials up on all of them.
-        settings = {k: v for k, v in config["train"].items() if k != "hp"}
-        params = {**settings, **config["train"]["hp"], "method": Cell.parse(config["cell"]).method, **config["params"]}
         self.open_trials.add(trial.trial_id)
         self.send({"do": "trial_run", "trial_id": trial.trial_id, "cell": config["cell"], "phase": config["phase"],
-                   "params": {k: str(v) for k, v in params.items()},
+                   "params": run_params(config["cell"], config["train"], config["params"]),
                    "config_yaml": yaml.safe_dump(config["train"], sort_keys=True)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -322,16 +329,16 @@ class StudyTracker(Callback):
         """When every final run of a cell is in, summarise it on the cell's parent run: the test
         score over seeds, the selected tuning trial's metrics and parameters (so the runs table
         lines the cell up with its trials), its trials as a CSV, its search as a PNG and the study
-        as it started (the YAML the folder keeps), a click away in the UI."""
-        finals = self.client.search_runs(
-            [runs["experiment_id"]], filter_string=f"tags.{CELL} = '{cell}' and tags.{PHASE} = '{PHASE_FINAL}'")
-        done = [r for r in finals if r.info.status == "FINISHED"]
+        as it started (the YAML the folder keeps), a click away in the UI. The search state's
+        records say which final runs are in (the searcher records an end before this callback
+        hears of it), without asking MLflow to search its runs by tag."""
+        records = read_cell_trials(self.study_dir, cell)
+        done = [r for r in records if r["phase"] == PHASE_FINAL and MLFLOW_STATUS.get(r["status"]) == "FINISHED"]
         if len(done) < len(self.study.final.seeds):
             return
-        scores = [r.data.metrics["test_top1"] for r in done if "test_top1" in r.data.metrics]
+        scores = [r["metrics"]["test_top1"] for r in done if "test_top1" in r["metrics"]]
         parent = runs["cells"][cell]
-        records = read_cell_trials(self.study_dir, cell)
-        chosen = {r["selected_from"] for r in records if r["phase"] == "final"}
+        chosen = {r["selected_from"] for r in records if r["phase"] == PHASE_FINAL}
         selected = next((r for r in records if r["trial_id"] in chosen), None)
         metrics = dict(selected["metrics"]) if selected else {}
         if scores:
@@ -339,8 +346,11 @@ class StudyTracker(Callback):
         if len(scores) > 1:
             metrics["test_top1_std"] = statistics.stdev(scores)
         now = int(time.time() * 1000)
+        final = done[0]  # the final run's settings, as its own run logged them
+        train = self.study.trial_config(Cell.parse(cell), final["params"], PHASE_FINAL, final["seed"])
         self.client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                              params=[Param(k, str(v)) for k, v in done[0].data.params.items() if k != "seed"],
+                              params=[Param(k, v) for k, v in run_params(cell, train, final["params"]).items()
+                                      if k != "seed"],
                               tags=[RunTag("selected_trial", selected["trial_id"] if selected else "")])
         with tempfile.TemporaryDirectory() as tmp:
             self.client.log_artifact(parent, str(write_trials_csv(records, Path(tmp) / "trials.csv")))
