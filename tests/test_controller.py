@@ -43,11 +43,13 @@ def test_constant_time_is_finished_agrees_with_tunes_walk_at_every_step(tmp_path
     assert (True, True) in answers and (False, False) in answers
 
 
-def snapshot_trial_ids(experiment: Path) -> set[str]:
+def snapshot(experiment: Path) -> dict[str, str]:
+    """Trial id -> status in the newest experiment snapshot in storage."""
     newest = max(experiment.glob("experiment_state-*.json"), default=None)
     if newest is None:
-        return set()
-    return {json.loads(state)["trial_id"] for state, _ in json.loads(newest.read_text())["trial_data"]}
+        return {}
+    states = [json.loads(state) for state, _ in json.loads(newest.read_text())["trial_data"]]
+    return {state["trial_id"]: state["status"] for state in states}
 
 
 def test_the_snapshot_holds_the_trials_not_yet_ended(tmp_path, local_ray, monkeypatch):
@@ -61,12 +63,12 @@ def test_the_snapshot_holds_the_trials_not_yet_ended(tmp_path, local_ray, monkey
     def trial(config):
         trial_id = tune.get_context().get_trial_id()
         (log / f"{config['x']}-{trial_id}").write_text("")
-        seen = set()
+        seen = {}
         if config["x"] == 4:  # wait until a snapshot taken while this trial runs is in storage
             deadline = time.monotonic() + 60
-            while trial_id not in seen and time.monotonic() < deadline:
+            while seen.get(trial_id) != "RUNNING" and time.monotonic() < deadline:
                 time.sleep(0.2)
-                seen = snapshot_trial_ids(experiment)
+                seen = snapshot(experiment)
         tune.report({"score": config["x"], "seen": json.dumps(sorted(seen))})
 
     def run(tuner):
@@ -82,7 +84,7 @@ def test_the_snapshot_holds_the_trials_not_yet_ended(tmp_path, local_ray, monkey
     assert len(results) == 4 and not results.errors and sorted(ids) == [1, 2, 3, 4]
     seen = set(json.loads(next(r.metrics["seen"] for r in results if r.metrics["score"] == 4)))
     assert ids[4] in seen and not seen & {ids[1], ids[2]}, seen  # ids[3]: the last to end, then
-    assert snapshot_trial_ids(experiment) == {ids[4]}
+    assert set(snapshot(experiment)) == {ids[4]}
 
     restored = run(tune.Tuner.restore(str(experiment), trainable=trainable))
     assert len(list(log.iterdir())) == 4  # nothing ran again
