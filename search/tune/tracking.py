@@ -346,7 +346,7 @@ class StudyTracker(Callback):
         if len(scores) > 1:
             metrics["test_top1_std"] = statistics.stdev(scores)
         now = int(time.time() * 1000)
-        final = done[0]  # the final run's settings, as its own run logged them
+        final = done[0]  # its settings rebuilt as the searcher built its config (also after a resume)
         train = self.study.trial_config(Cell.parse(cell), final["params"], PHASE_FINAL, final["seed"])
         self.client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                               params=[Param(k, v) for k, v in run_params(cell, train, final["params"]).items()
